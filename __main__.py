@@ -1,0 +1,59 @@
+"""kata-mesh: a kubeadm cluster on GCE whose nodes run Kata Containers beside runc, meshed by Istio."""
+
+import pulumi
+
+from components.network import Network, NetworkArgs
+from components.nodes import ClusterNodes, ClusterNodesArgs, MachineSpec
+from components.settings import load_settings
+from components.ssh_access import SshAccess, SshAccessArgs
+
+settings = load_settings()
+
+network = Network(
+    "network",
+    NetworkArgs(
+        name_prefix=settings.name_prefix,
+        region=settings.region,
+        subnet_cidr=settings.subnet_cidr,
+        ssh_allowed_cidrs=settings.ssh_allowed_cidrs,
+        api_allowed_cidrs=settings.api_allowed_cidrs,
+    ),
+)
+ssh = SshAccess("ssh", SshAccessArgs(admin_user=settings.admin_user, private_key=settings.ssh_private_key))
+nodes = ClusterNodes(
+    "nodes",
+    ClusterNodesArgs(
+        name_prefix=settings.name_prefix,
+        stack=settings.stack,
+        machine=MachineSpec(
+            zone=settings.zone,
+            region=settings.region,
+            machine_type=settings.machine_type,
+            min_cpu_platform=settings.min_cpu_platform,
+            spot=settings.spot,
+            boot_disk_size_gb=settings.boot_disk_size_gb,
+            boot_disk_type=settings.boot_disk_type,
+            secure_boot=settings.secure_boot,
+        ),
+        worker_count=settings.worker_count,
+        subnet=network.subnet.id,
+        ssh_keys_metadata=ssh.ssh_keys_metadata,
+    ),
+)
+
+key_file = f"~/.ssh/{settings.name_prefix}"
+pulumi.export("controlPlaneExternalIp", nodes.control_plane.external_ip)
+pulumi.export(
+    "nodes",
+    {vm.node_name: {"internalIp": vm.internal_ip, "externalIp": vm.external_ip} for vm in nodes.all},
+)
+pulumi.export(
+    "sshCommand",
+    nodes.control_plane.external_ip.apply(
+        lambda ip: (
+            f"pulumi stack output sshPrivateKey --show-secrets --stack {settings.stack} > {key_file} "
+            f"&& chmod 600 {key_file} && ssh -i {key_file} {settings.admin_user}@{ip}"
+        )
+    ),
+)
+pulumi.export("sshPrivateKey", ssh.private_key_openssh)

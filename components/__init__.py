@@ -1,0 +1,1 @@
+"""kata-mesh components: one ComponentResource per concept."""

@@ -1,0 +1,197 @@
+"""The cluster's machines: GCE VMs with nested virtualization, for the control plane and workers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_gcp as gcp
+
+from components.network import CONTROL_PLANE_TAG, NODE_TAG
+
+# Looked up by family so new stacks get the current image; running nodes ignore later images.
+UBUNTU_IMAGE_FAMILY = "ubuntu-2404-lts-amd64"
+UBUNTU_IMAGE_PROJECT = "ubuntu-os-cloud"
+# Nodes write logs and metrics; they get no other cloud API access.
+NODE_SCOPES = (
+    "https://www.googleapis.com/auth/logging.write",
+    "https://www.googleapis.com/auth/monitoring.write",
+)
+CONTROL_PLANE = "control-plane"
+WORKER = "worker"
+
+
+@dataclass(frozen=True)
+class MachineSpec:
+    """What every node VM shares."""
+
+    zone: str
+    region: str
+    machine_type: str
+    min_cpu_platform: str | None
+    spot: bool
+    boot_disk_size_gb: int
+    boot_disk_type: str
+    secure_boot: bool
+
+
+@dataclass(frozen=True)
+class NodeVmArgs:
+    name: str
+    role: str
+    stack: str
+    machine: MachineSpec
+    image: pulumi.Input[str]
+    subnet: pulumi.Input[str]
+    service_account_email: pulumi.Input[str]
+    ssh_keys_metadata: pulumi.Input[str]
+
+
+def _scheduling(spot: bool) -> gcp.compute.InstanceSchedulingArgs:
+    if spot:
+        # GCE requires these fields together for Spot VMs; STOP keeps the disk across preemption.
+        return gcp.compute.InstanceSchedulingArgs(
+            provisioning_model="SPOT",
+            preemptible=True,
+            automatic_restart=False,
+            on_host_maintenance="TERMINATE",
+            instance_termination_action="STOP",
+        )
+    return gcp.compute.InstanceSchedulingArgs(provisioning_model="STANDARD", automatic_restart=True)
+
+
+class NodeVm(pulumi.ComponentResource):
+    """One node: a static external address and an Ubuntu VM with nested virtualization."""
+
+    name: pulumi.Output[str]
+    internal_ip: pulumi.Output[str]
+    external_ip: pulumi.Output[str]
+
+    def __init__(self, name: str, args: NodeVmArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("kata-mesh:nodes:NodeVm", name, None, opts)
+        self.node_name = args.name
+        machine = args.machine
+        # Static, so a stopped and restarted (or preempted) node keeps the address that SSH,
+        # the kubeconfig and the API server certificate use.
+        self.address = gcp.compute.Address(
+            f"{name}-ip",
+            name=f"{args.name}-ip",
+            region=machine.region,
+            address_type="EXTERNAL",
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        tags = [NODE_TAG, CONTROL_PLANE_TAG] if args.role == CONTROL_PLANE else [NODE_TAG]
+        self.instance = gcp.compute.Instance(
+            name,
+            name=args.name,
+            zone=machine.zone,
+            machine_type=machine.machine_type,
+            min_cpu_platform=machine.min_cpu_platform,
+            advanced_machine_features=gcp.compute.InstanceAdvancedMachineFeaturesArgs(
+                enable_nested_virtualization=True,
+            ),
+            boot_disk=gcp.compute.InstanceBootDiskArgs(
+                auto_delete=True,
+                initialize_params=gcp.compute.InstanceBootDiskInitializeParamsArgs(
+                    image=args.image,
+                    size=machine.boot_disk_size_gb,
+                    type=machine.boot_disk_type,
+                ),
+            ),
+            network_interfaces=[
+                gcp.compute.InstanceNetworkInterfaceArgs(
+                    subnetwork=args.subnet,
+                    access_configs=[
+                        gcp.compute.InstanceNetworkInterfaceAccessConfigArgs(nat_ip=self.address.address)
+                    ],
+                )
+            ],
+            scheduling=_scheduling(machine.spot),
+            service_account=gcp.compute.InstanceServiceAccountArgs(
+                email=args.service_account_email,
+                scopes=list(NODE_SCOPES),
+            ),
+            shielded_instance_config=gcp.compute.InstanceShieldedInstanceConfigArgs(
+                enable_secure_boot=machine.secure_boot,
+                enable_vtpm=True,
+                enable_integrity_monitoring=True,
+            ),
+            metadata={
+                "ssh-keys": args.ssh_keys_metadata,
+                # Only the stack's key: no project-wide keys, and OS Login would ignore ssh-keys.
+                "block-project-ssh-keys": "true",
+                "enable-oslogin": "false",
+            },
+            labels={"app": "kata-mesh", "stack": args.stack, "role": args.role},
+            tags=tags,
+            allow_stopping_for_update=True,
+            opts=pulumi.ResourceOptions(
+                parent=self,
+                # A newer image in the family must not replace a running node.
+                ignore_changes=["bootDisk.initializeParams.image"],
+            ),
+        )
+        self.name = self.instance.name
+        self.internal_ip = self.instance.network_interfaces.apply(lambda nics: nics[0].network_ip or "")
+        self.external_ip = self.address.address
+        self.register_outputs(
+            {"name": self.name, "internalIp": self.internal_ip, "externalIp": self.external_ip}
+        )
+
+
+@dataclass(frozen=True)
+class ClusterNodesArgs:
+    name_prefix: str
+    stack: str
+    machine: MachineSpec
+    worker_count: int
+    subnet: pulumi.Input[str]
+    ssh_keys_metadata: pulumi.Input[str]
+
+
+class ClusterNodes(pulumi.ComponentResource):
+    """The control plane and the workers, with the node service account and image they share."""
+
+    control_plane: NodeVm
+    workers: list[NodeVm]
+
+    def __init__(self, name: str, args: ClusterNodesArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("kata-mesh:nodes:ClusterNodes", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        # The cluster's own identity instead of the Compute Engine default account (Editor).
+        self.service_account = gcp.serviceaccount.Account(
+            f"{name}-sa",
+            account_id=f"km-{args.stack}-nodes",
+            display_name=f"kata-mesh {args.stack} nodes",
+            opts=child,
+        )
+        image = gcp.compute.get_image_output(
+            family=UBUNTU_IMAGE_FAMILY,
+            project=UBUNTU_IMAGE_PROJECT,
+            opts=pulumi.InvokeOutputOptions(parent=self),
+        )
+
+        def node(role: str, index: int) -> NodeVm:
+            node_name = f"{args.name_prefix}-{'cp' if role == CONTROL_PLANE else 'worker'}-{index}"
+            return NodeVm(
+                node_name,
+                NodeVmArgs(
+                    name=node_name,
+                    role=role,
+                    stack=args.stack,
+                    machine=args.machine,
+                    image=image.self_link,
+                    subnet=args.subnet,
+                    service_account_email=self.service_account.email,
+                    ssh_keys_metadata=args.ssh_keys_metadata,
+                ),
+                opts=child,
+            )
+
+        self.control_plane = node(CONTROL_PLANE, 0)
+        self.workers = [node(WORKER, i) for i in range(args.worker_count)]
+        self.register_outputs({"controlPlaneIp": self.control_plane.external_ip})
+
+    @property
+    def all(self) -> list[NodeVm]:
+        return [self.control_plane, *self.workers]

@@ -1,0 +1,200 @@
+"""Runs __main__.py under the Pulumi SDK's own mock engine and records what it declares.
+
+The CLI applies Pulumi.yaml defaults and the stack file before the program starts; `stack_config`
+does the same here, so the program runs on exactly the config `pulumi up` would give it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import runpy
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pulumi
+import yaml
+from google.protobuf import json_format
+from pulumi.runtime import mocks as pulumi_mocks
+from pulumi.runtime import rpc
+from pulumi.runtime.stack import run_in_stack
+from pulumi.runtime.sync_await import _sync_await
+
+ROOT = Path(__file__).resolve().parents[1]
+PROJECT_FILE = yaml.safe_load((ROOT / "Pulumi.yaml").read_text())
+PROJECT = PROJECT_FILE["name"]
+STACKS = sorted(p.name.removeprefix("Pulumi.").removesuffix(".yaml") for p in (ROOT / "stacks").glob("Pulumi.*.yaml"))
+# The Pulumi SDK's marker for a secret value on the wire.
+SECRET_SIG = rpc._special_sig_key
+SECRET_VALUE = rpc._special_secret_sig
+UNKNOWN = rpc.UNKNOWN
+
+# What each README user adds with `pulumi config set` before the first `pulumi up`.
+OPERATOR_CONFIG: dict[str, Any] = {
+    "gcp:project": "kata-mesh-test",
+    f"{PROJECT}:sshAllowedCidrs": ["198.51.100.7/32", "192.0.2.0/28"],
+    f"{PROJECT}:apiAllowedCidrs": ["198.51.100.7/32"],
+}
+
+
+def config_string(value: Any) -> str:
+    """Renders a YAML config value the way the CLI hands it to the program."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, dict)):
+        return json.dumps(value)
+    return str(value)
+
+
+def project_defaults() -> dict[str, str]:
+    return {f"{PROJECT}:{key}": config_string(decl["default"]) for key, decl in PROJECT_FILE["config"].items()}
+
+
+def stack_file_config(stack: str) -> dict[str, str]:
+    data = yaml.safe_load((ROOT / "stacks" / f"Pulumi.{stack}.yaml").read_text())
+    return {key: config_string(value) for key, value in (data.get("config") or {}).items()}
+
+
+def stack_config(stack: str, overrides: Mapping[str, Any] | None = None) -> dict[str, str]:
+    extra = {**OPERATOR_CONFIG, **(overrides or {})}
+    return {
+        **project_defaults(),
+        **stack_file_config(stack),
+        **{k: config_string(v) for k, v in extra.items()},
+    }
+
+
+def _fake_ip(prefix: str, name: str) -> str:
+    return f"{prefix}.{int(hashlib.sha256(name.encode()).hexdigest(), 16) % 250 + 2}"
+
+
+class KataMeshMocks(pulumi_mocks.Mocks):
+    """Computes the outputs the real providers would; in a preview, only inputs come back."""
+
+    def __init__(self, preview: bool) -> None:
+        self.preview = preview
+
+    def new_resource(self, args: pulumi_mocks.MockResourceArgs) -> tuple[str | None, dict]:
+        state = dict(args.inputs)
+        if self.preview:
+            return "", state
+        name = state.get("name", args.name)
+        if args.typ == "gcp:compute/address:Address":
+            state["address"] = _fake_ip("192.0.2", name)
+        elif args.typ == "gcp:compute/instance:Instance":
+            nics = [dict(nic) for nic in state.get("networkInterfaces", [])]
+            nics[0]["networkIp"] = _fake_ip("10.10.0", name)
+            state["networkInterfaces"] = nics
+        elif args.typ == "gcp:serviceaccount/account:Account":
+            state["email"] = f"{state['accountId']}@kata-mesh-test.iam.gserviceaccount.com"
+        elif args.typ == "tls:index/privateKey:PrivateKey":
+            state["privateKeyOpenssh"] = "-----BEGIN OPENSSH PRIVATE KEY-----\nmock\n-----END OPENSSH PRIVATE KEY-----\n"
+            state["publicKeyOpenssh"] = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAmock\n"
+        return f"{name}-id", state
+
+    def call(self, args: pulumi_mocks.MockCallArgs) -> tuple[dict, list[tuple[str, str]]]:
+        if args.token == "gcp:compute/getImage:getImage":
+            image = f"{args.args['family'].removesuffix('-lts-amd64')}-amd64-v20261101"
+            return {
+                "family": args.args["family"],
+                "name": image,
+                "selfLink": f"https://www.googleapis.com/compute/v1/projects/{args.args['project']}/global/images/{image}",
+            }, []
+        if args.token == "tls:index/getPublicKey:getPublicKey":
+            return {"publicKeyOpenssh": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAuser\n"}, []
+        raise NotImplementedError(f"no mock for invoke {args.token}")
+
+
+@dataclass
+class Registration:
+    urn: str
+    type: str
+    name: str
+    parent: str
+    custom: bool
+    inputs: dict[str, Any]
+    raw_inputs: dict[str, Any]
+    dependencies: list[str]
+    ignore_changes: list[str]
+    additional_secret_outputs: list[str]
+    delete_before_replace: bool
+
+
+class RecordingMonitor(pulumi_mocks.MockMonitor):
+    """The SDK's MockMonitor, also keeping what it is asked: options, dependencies, stack outputs."""
+
+    def __init__(self, mocks: pulumi_mocks.Mocks) -> None:
+        super().__init__(mocks)
+        self.registrations: list[Registration] = []
+        self.resource_outputs: dict[str, dict[str, Any]] = {}
+
+    def RegisterResource(self, request):  # noqa: N802 (gRPC method name)
+        response = super().RegisterResource(request)
+        self.registrations.append(
+            Registration(
+                urn=response.urn,
+                type=request.type,
+                name=request.name,
+                parent=request.parent,
+                custom=request.custom,
+                inputs=rpc.deserialize_properties(request.object, keep_unknowns=True),
+                raw_inputs=json_format.MessageToDict(request.object),
+                dependencies=list(request.dependencies),
+                ignore_changes=list(request.ignoreChanges),
+                additional_secret_outputs=list(request.additionalSecretOutputs),
+                delete_before_replace=request.deleteBeforeReplace,
+            )
+        )
+        return response
+
+    def RegisterResourceOutputs(self, request):  # noqa: N802 (gRPC method name)
+        self.resource_outputs[request.urn] = json_format.MessageToDict(request.outputs)
+        return super().RegisterResourceOutputs(request)
+
+
+@dataclass
+class ProgramRun:
+    stack: str
+    preview: bool
+    registrations: list[Registration]
+    raw_stack_outputs: dict[str, Any] = field(default_factory=dict)
+
+    def of_type(self, type_: str) -> list[Registration]:
+        return [r for r in self.registrations if r.type == type_]
+
+    def one(self, type_: str, name: str) -> Registration:
+        matches = [r for r in self.of_type(type_) if r.name == name]
+        assert len(matches) == 1, f"expected one {type_} named {name}, found {len(matches)}"
+        return matches[0]
+
+    def by_urn(self, urn: str) -> Registration:
+        return next(r for r in self.registrations if r.urn == urn)
+
+    def is_secret_output(self, key: str) -> bool:
+        value = self.raw_stack_outputs[key]
+        return isinstance(value, dict) and value.get(SECRET_SIG) == SECRET_VALUE
+
+    def output(self, key: str) -> Any:
+        value = self.raw_stack_outputs[key]
+        return value["value"] if self.is_secret_output(key) else value
+
+
+def run_program(stack: str, preview: bool, overrides: Mapping[str, Any] | None = None) -> ProgramRun:
+    """Runs __main__.py for one stack, as `pulumi preview` (preview=True) or `pulumi up` would."""
+    config = stack_config(stack, overrides)
+    pulumi.runtime.set_all_config(config, secret_keys=[f"{PROJECT}:sshPrivateKey"])
+    monitor = RecordingMonitor(KataMeshMocks(preview))
+    pulumi.runtime.set_mocks(monitor.mocks, project=PROJECT, stack=stack, preview=preview, monitor=monitor)
+    # set_mocks makes a root stack of its own; run_in_stack below makes the one the CLI would.
+    pulumi.runtime.settings.ROOT.set(None)
+    settings = pulumi.runtime.settings.SETTINGS
+    settings.rpc_manager.clear()
+    settings.outputs.clear()
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    _sync_await(run_in_stack(lambda: runpy.run_path(str(ROOT / "__main__.py"), run_name="__main__")))
+    stack_urn = f"urn:pulumi:{stack}::{PROJECT}::pulumi:pulumi:Stack::{PROJECT}-{stack}"
+    return ProgramRun(stack, preview, monitor.registrations, monitor.resource_outputs.get(stack_urn, {}))
