@@ -134,19 +134,24 @@ class _Reader:
     def __init__(self, raw: Mapping[str, str | None]) -> None:
         self.raw = raw
         self.problems: list[Problem] = []
+        # Keys already reported as missing or unparsable: one problem per bad value is enough.
+        self.unreadable: set[str] = set()
 
     def problem(self, key: str, value: object, fix: str) -> None:
-        self.problems.append(Problem(key, value, fix))
+        if key not in self.unreadable:
+            self.problems.append(Problem(key, value, fix))
 
     def _value(self, key: str, parse: Callable[[str], T], kind: str, fallback: T) -> T:
         text = self.raw.get(key)
         if text is None:
-            self.problem(key, None, f"missing; declare it in Pulumi.yaml or set it ({kind})")
+            self.problem(key, None, f"missing; set it with `pulumi config set {key} <value>` ({kind})")
+            self.unreadable.add(key)
             return fallback
         try:
             return parse(text)
         except ValueError:
             self.problem(key, text, f"must be {kind}")
+            self.unreadable.add(key)
             return fallback
 
     def string(self, key: str) -> str:
@@ -344,10 +349,10 @@ def parse_settings(raw: Mapping[str, str | None], stack: str) -> Settings:
             f"{STACK_NAME_MAX} characters (it is part of GCE resource names)",
         )
     if not REGION.match(region):
-        r.problem("gcp:region", region, "set a region, e.g. `pulumi config set gcp:region us-central1`")
+        r.problem("gcp:region", region, "must be a region, e.g. `pulumi config set gcp:region us-central1`")
     zone_match = ZONE.match(zone)
     if not zone_match:
-        r.problem("gcp:zone", zone, "set a zone, e.g. `pulumi config set gcp:zone us-central1-a`")
+        r.problem("gcp:zone", zone, "must be a zone, e.g. `pulumi config set gcp:zone us-central1-a`")
     elif zone_match["region"] != region:
         r.problem("gcp:zone", zone, f"lies in region {zone_match['region']}, not in gcp:region {region}")
 

@@ -31,11 +31,13 @@ class SshAccess(pulumi.ComponentResource):
         else:
             private = pulumi.Output.secret(args.private_key)
             is_openssh = args.private_key.lstrip().startswith("-----BEGIN OPENSSH")
-            public = tls.get_public_key_output(
+            derived = tls.get_public_key_output(
                 private_key_openssh=private if is_openssh else None,
                 private_key_pem=None if is_openssh else private,
                 opts=pulumi.InvokeOutputOptions(parent=self),
-            ).public_key_openssh
+            )
+            # Derived from a secret, so the SDK marks it secret; the public half is not.
+            public = pulumi.Output.unsecret(derived.public_key_openssh)
         self.private_key_openssh = pulumi.Output.secret(private)
         self.public_key_openssh = public.apply(lambda k: k.strip())
         # GCE's ssh-keys metadata format: "USER:KEY USER", one key per line.

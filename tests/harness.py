@@ -26,7 +26,9 @@ from pulumi.runtime.sync_await import _sync_await
 ROOT = Path(__file__).resolve().parents[1]
 PROJECT_FILE = yaml.safe_load((ROOT / "Pulumi.yaml").read_text())
 PROJECT = PROJECT_FILE["name"]
-STACKS = sorted(p.name.removeprefix("Pulumi.").removesuffix(".yaml") for p in (ROOT / "stacks").glob("Pulumi.*.yaml"))
+STACKS = sorted(
+    p.name.removeprefix("Pulumi.").removesuffix(".yaml") for p in (ROOT / "stacks").glob("Pulumi.*.yaml")
+)
 # The Pulumi SDK's marker for a secret value on the wire.
 SECRET_SIG = rpc._special_sig_key
 SECRET_VALUE = rpc._special_secret_sig
@@ -50,7 +52,9 @@ def config_string(value: Any) -> str:
 
 
 def project_defaults() -> dict[str, str]:
-    return {f"{PROJECT}:{key}": config_string(decl["default"]) for key, decl in PROJECT_FILE["config"].items()}
+    return {
+        f"{PROJECT}:{key}": config_string(decl["default"]) for key, decl in PROJECT_FILE["config"].items()
+    }
 
 
 def stack_file_config(stack: str) -> dict[str, str]:
@@ -91,7 +95,9 @@ class KataMeshMocks(pulumi_mocks.Mocks):
         elif args.typ == "gcp:serviceaccount/account:Account":
             state["email"] = f"{state['accountId']}@kata-mesh-test.iam.gserviceaccount.com"
         elif args.typ == "tls:index/privateKey:PrivateKey":
-            state["privateKeyOpenssh"] = "-----BEGIN OPENSSH PRIVATE KEY-----\nmock\n-----END OPENSSH PRIVATE KEY-----\n"
+            state["privateKeyOpenssh"] = (
+                "-----BEGIN OPENSSH PRIVATE KEY-----\nmock\n-----END OPENSSH PRIVATE KEY-----\n"
+            )
             state["publicKeyOpenssh"] = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAmock\n"
         return f"{name}-id", state
 
@@ -131,7 +137,7 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
         self.registrations: list[Registration] = []
         self.resource_outputs: dict[str, dict[str, Any]] = {}
 
-    def RegisterResource(self, request):  # noqa: N802 (gRPC method name)
+    def RegisterResource(self, request):
         response = super().RegisterResource(request)
         self.registrations.append(
             Registration(
@@ -150,9 +156,20 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
         )
         return response
 
-    def RegisterResourceOutputs(self, request):  # noqa: N802 (gRPC method name)
+    def RegisterResourceOutputs(self, request):
         self.resource_outputs[request.urn] = json_format.MessageToDict(request.outputs)
         return super().RegisterResourceOutputs(request)
+
+
+def plain_strings(value: Any) -> list[str]:
+    """Every string in a wire-format value that is not wrapped as a secret."""
+    if isinstance(value, dict):
+        if value.get(SECRET_SIG) == SECRET_VALUE:
+            return []
+        return [s for v in value.values() for s in plain_strings(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in plain_strings(v)]
+    return [value] if isinstance(value, str) else []
 
 
 @dataclass
@@ -182,13 +199,20 @@ class ProgramRun:
         return value["value"] if self.is_secret_output(key) else value
 
 
-def run_program(stack: str, preview: bool, overrides: Mapping[str, Any] | None = None) -> ProgramRun:
+def run_program(
+    stack: str,
+    preview: bool,
+    overrides: Mapping[str, Any] | None = None,
+    monitor: RecordingMonitor | None = None,
+) -> ProgramRun:
     """Runs __main__.py for one stack, as `pulumi preview` (preview=True) or `pulumi up` would."""
     config = stack_config(stack, overrides)
     pulumi.runtime.set_all_config(config, secret_keys=[f"{PROJECT}:sshPrivateKey"])
-    monitor = RecordingMonitor(KataMeshMocks(preview))
+    monitor = monitor or RecordingMonitor(KataMeshMocks(preview))
+    # set_mocks makes a root stack unless one exists; run_in_stack below makes the one the CLI
+    # would, so a placeholder keeps the engine seeing exactly one stack.
+    pulumi.runtime.settings.ROOT.set(object())  # type: ignore[arg-type]
     pulumi.runtime.set_mocks(monitor.mocks, project=PROJECT, stack=stack, preview=preview, monitor=monitor)
-    # set_mocks makes a root stack of its own; run_in_stack below makes the one the CLI would.
     pulumi.runtime.settings.ROOT.set(None)
     settings = pulumi.runtime.settings.SETTINGS
     settings.rpc_manager.clear()

@@ -1,0 +1,243 @@
+"""Runs __main__.py for every stack file, as preview and as up, under the SDK's mock engine."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import yaml
+from harness import (
+    OPERATOR_CONFIG,
+    PROJECT,
+    ROOT,
+    STACKS,
+    UNKNOWN,
+    KataMeshMocks,
+    ProgramRun,
+    RecordingMonitor,
+    plain_strings,
+    run_program,
+)
+
+from components.settings import SettingsError
+
+INSTANCE = "gcp:compute/instance:Instance"
+FIREWALL = "gcp:compute/firewall:Firewall"
+INTEL_NESTED_SERIES = {"n1", "n2", "c2", "c3"}
+SSH_CIDRS = OPERATOR_CONFIG[f"{PROJECT}:sshAllowedCidrs"]
+API_CIDRS = OPERATOR_CONFIG[f"{PROJECT}:apiAllowedCidrs"]
+MODES = [pytest.param(True, id="preview"), pytest.param(False, id="up")]
+
+
+@functools.cache
+def run(stack: str, preview: bool) -> ProgramRun:
+    return run_program(stack, preview)
+
+
+def stack_file(stack: str) -> dict:
+    return yaml.safe_load((ROOT / "stacks" / f"Pulumi.{stack}.yaml").read_text())["config"]
+
+
+def expected_workers(stack: str) -> int:
+    declared = yaml.safe_load((ROOT / "Pulumi.yaml").read_text())["config"]["workerCount"]["default"]
+    return int(stack_file(stack).get(f"{PROJECT}:workerCount", declared))
+
+
+def test_there_is_a_stack_per_environment():
+    assert STACKS == ["dev", "prod", "staging"]
+
+
+@pytest.mark.parametrize("preview", MODES)
+@pytest.mark.parametrize("stack", STACKS)
+def test_every_vm_is_an_intel_ubuntu_vm_with_nested_virtualization(stack, preview):
+    instances = run(stack, preview).of_type(INSTANCE)
+    assert len(instances) == 1 + expected_workers(stack)
+    for vm in instances:
+        inputs = vm.inputs
+        assert inputs["advancedMachineFeatures"]["enableNestedVirtualization"] is True
+        assert inputs["machineType"].split("-")[0] in INTEL_NESTED_SERIES
+        image = inputs["bootDisk"]["initializeParams"]["image"]
+        assert image.startswith(
+            "https://www.googleapis.com/compute/v1/projects/ubuntu-os-cloud/global/images/ubuntu-2404"
+        )
+        assert "bootDisk.initializeParams.image" in vm.ignore_changes
+
+
+@pytest.mark.parametrize("preview", MODES)
+@pytest.mark.parametrize("stack", STACKS)
+def test_firewall_opens_exactly_the_configured_cidrs_and_ports(stack, preview):
+    rules = {r.name: r.inputs for r in run(stack, preview).of_type(FIREWALL)}
+    assert set(rules) == {"network-allow-internal", "network-allow-ssh", "network-allow-api"}
+
+    internal = rules["network-allow-internal"]
+    assert internal["allows"] == [{"protocol": "all"}]  # all protocols: VXLAN UDP 8472 included
+    assert internal["sourceTags"] == internal["targetTags"] == ["kata-mesh-node"]
+    assert "sourceRanges" not in internal
+
+    ssh = rules["network-allow-ssh"]
+    assert ssh["allows"] == [{"protocol": "tcp", "ports": ["22"]}]
+    assert ssh["sourceRanges"] == SSH_CIDRS
+    assert ssh["targetTags"] == ["kata-mesh-node"]
+
+    api = rules["network-allow-api"]
+    assert api["allows"] == [{"protocol": "tcp", "ports": ["6443"]}]
+    assert api["sourceRanges"] == API_CIDRS
+    assert api["targetTags"] == ["kata-mesh-control-plane"]
+
+    for rule in rules.values():
+        assert rule["direction"] == "INGRESS"
+        assert "0.0.0.0/0" not in rule.get("sourceRanges", [])
+
+
+@pytest.mark.parametrize("preview", MODES)
+@pytest.mark.parametrize("stack", STACKS)
+def test_private_key_is_only_ever_a_secret_output(stack, preview):
+    program = run(stack, preview)
+    assert program.is_secret_output("sshPrivateKey")
+    assert_no_plain_private_key(program)
+    if not preview:
+        assert program.output("sshPrivateKey").startswith("-----BEGIN OPENSSH PRIVATE KEY-----")
+    key = program.one("tls:index/privateKey:PrivateKey", "ssh-key")
+    assert key.inputs["algorithm"] == "ED25519"
+
+
+def assert_no_plain_private_key(program: ProgramRun) -> None:
+    """No stack output and no resource input carries a private key outside a secret."""
+    for key, value in program.raw_stack_outputs.items():
+        assert not any("PRIVATE KEY" in s for s in plain_strings(value)), key
+    for resource in program.registrations:
+        assert not any("PRIVATE KEY" in s for s in plain_strings(resource.raw_inputs)), resource.urn
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_resource_names_are_stable_between_runs_and_between_preview_and_up(stack):
+    def names(program: ProgramRun) -> list[tuple[str, str | None]]:
+        return sorted((r.urn, r.inputs.get("name")) for r in program.registrations)
+
+    first = names(run_program(stack, preview=False))
+    assert first == names(run_program(stack, preview=False))
+    assert first == names(run(stack, True))
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_the_stack_declares_network_subnet_key_and_vms(stack):
+    program = run(stack, False)
+    settings = stack_file(stack)
+    vpc = program.one("gcp:compute/network:Network", "network-vpc")
+    assert vpc.inputs["autoCreateSubnetworks"] is False
+    assert vpc.inputs["name"] == f"kata-mesh-{stack}-vpc"
+    subnet = program.one("gcp:compute/subnetwork:Subnetwork", "network-subnet")
+    assert subnet.inputs["ipCidrRange"] == settings.get(f"{PROJECT}:subnetCidr", "10.10.0.0/24")
+    assert subnet.inputs["region"] == settings["gcp:region"]
+    assert vpc.urn in subnet.dependencies
+    names = sorted(r.inputs["name"] for r in program.of_type(INSTANCE))
+    workers = [f"kata-mesh-{stack}-worker-{i}" for i in range(expected_workers(stack))]
+    assert names == sorted([f"kata-mesh-{stack}-cp-0", *workers])
+
+
+def test_dev_is_one_control_plane_and_one_worker_on_spot_vms():
+    instances = run("dev", False).of_type(INSTANCE)
+    assert len(instances) == 2
+    for vm in instances:
+        assert vm.inputs["scheduling"] == {
+            "provisioningModel": "SPOT",
+            "preemptible": True,
+            "automaticRestart": False,
+            "onHostMaintenance": "TERMINATE",
+            "instanceTerminationAction": "STOP",
+        }
+
+
+@pytest.mark.parametrize("stack", ["staging", "prod"])
+def test_staging_and_prod_are_on_demand_with_more_workers(stack):
+    instances = run(stack, False).of_type(INSTANCE)
+    assert len(instances) > 2
+    for vm in instances:
+        assert vm.inputs["scheduling"]["provisioningModel"] == "STANDARD"
+        assert "preemptible" not in vm.inputs["scheduling"]
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_vms_get_the_stack_key_own_service_account_tags_labels_and_static_ip(stack):
+    program = run(stack, False)
+    account = program.one("gcp:serviceaccount/account:Account", "nodes-sa")
+    assert account.inputs["accountId"] == f"km-{stack}-nodes"
+    outputs = program.output("nodes")
+    for vm in program.of_type(INSTANCE):
+        inputs = vm.inputs
+        name = inputs["name"]
+        role = "control-plane" if "-cp-" in name else "worker"
+        assert inputs["metadata"] == {
+            "ssh-keys": "kata-admin:ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAmock kata-admin",
+            "block-project-ssh-keys": "true",
+            "enable-oslogin": "false",
+        }
+        assert inputs["serviceAccount"]["email"] == f"km-{stack}-nodes@kata-mesh-test.iam.gserviceaccount.com"
+        assert "https://www.googleapis.com/auth/cloud-platform" not in inputs["serviceAccount"]["scopes"]
+        assert inputs["labels"] == {"app": "kata-mesh", "stack": stack, "role": role}
+        expected_tags = (
+            ["kata-mesh-node", "kata-mesh-control-plane"] if role == "control-plane" else ["kata-mesh-node"]
+        )
+        assert inputs["tags"] == expected_tags
+        assert inputs["shieldedInstanceConfig"] == {
+            "enableSecureBoot": True,
+            "enableVtpm": True,
+            "enableIntegrityMonitoring": True,
+        }
+        address = program.one("gcp:compute/address:Address", f"{name}-ip")
+        assert address.inputs["addressType"] == "EXTERNAL"
+        assert address.urn in vm.dependencies
+        nic = inputs["networkInterfaces"][0]
+        assert outputs[name]["externalIp"] == nic["accessConfigs"][0]["natIp"]
+        assert outputs[name]["internalIp"].startswith("10.10.0.")
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_outputs_give_the_control_plane_ip_and_a_ready_ssh_command(stack):
+    program = run(stack, False)
+    ip = program.output("controlPlaneExternalIp")
+    assert ip == program.output("nodes")[f"kata-mesh-{stack}-cp-0"]["externalIp"]
+    assert program.output("sshCommand") == (
+        f"pulumi stack output sshPrivateKey --show-secrets --stack {stack} > ~/.ssh/kata-mesh-{stack} "
+        f"&& chmod 600 ~/.ssh/kata-mesh-{stack} && ssh -i ~/.ssh/kata-mesh-{stack} kata-admin@{ip}"
+    )
+    preview = run(stack, True)
+    assert preview.output("controlPlaneExternalIp") == UNKNOWN
+
+
+@pytest.mark.parametrize("preview", MODES)
+def test_every_resource_is_parented_by_a_component(preview):
+    program = run("dev", preview)
+    component_urns = {r.urn for r in program.registrations if not r.custom}
+    for resource in program.registrations:
+        if resource.type == "pulumi:pulumi:Stack":
+            continue
+        assert resource.parent in component_urns, resource.urn
+        if resource.custom:
+            assert "::kata-mesh:" in resource.parent, f"{resource.urn} is not inside a kata-mesh component"
+
+
+def test_a_user_supplied_key_is_used_instead_of_a_generated_one_and_stays_secret():
+    key = "-----BEGIN OPENSSH PRIVATE KEY-----\nuserkey\n-----END OPENSSH PRIVATE KEY-----\n"
+    program = run_program("dev", preview=False, overrides={f"{PROJECT}:sshPrivateKey": key})
+    assert program.of_type("tls:index/privateKey:PrivateKey") == []
+    assert program.is_secret_output("sshPrivateKey")
+    assert_no_plain_private_key(program)
+    assert program.output("sshPrivateKey") == key
+    vm = program.of_type(INSTANCE)[0]
+    assert (
+        vm.inputs["metadata"]["ssh-keys"] == "kata-admin:ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAuser kata-admin"
+    )
+
+
+def test_bad_settings_fail_before_any_resource_is_declared():
+    monitor = RecordingMonitor(KataMeshMocks(preview=True))
+    with pytest.raises(SettingsError) as caught:
+        run_program(
+            "dev",
+            preview=True,
+            overrides={f"{PROJECT}:machineType": "e2-standard-4", f"{PROJECT}:workerCount": -1},
+            monitor=monitor,
+        )
+    assert {p.key for p in caught.value.problems} == {"machineType", "workerCount"}
+    assert [r.type for r in monitor.registrations] == ["pulumi:pulumi:Stack"]
