@@ -3,6 +3,7 @@
 import pulumi
 
 from components.network import Network, NetworkArgs
+from components.node_provisioning import NodeProvisioning, NodeProvisioningArgs, ProvisioningSpec, node_steps
 from components.nodes import ClusterNodes, ClusterNodesArgs, MachineSpec
 from components.settings import load_settings
 from components.ssh_access import SshAccess, SshAccessArgs
@@ -40,6 +41,28 @@ nodes = ClusterNodes(
         ssh_keys_metadata=ssh.ssh_keys_metadata,
     ),
 )
+
+node_steps_for_stack = node_steps(
+    ProvisioningSpec(
+        kubernetes_version=settings.kubernetes_version,
+        kata=settings.kata,
+        artifact_mirror_url=settings.artifact_mirror_url,
+    )
+)
+provisioning = [
+    NodeProvisioning(
+        f"{vm.node_name}-provision",
+        NodeProvisioningArgs(
+            host=vm.external_ip,
+            user=settings.admin_user,
+            private_key=ssh.private_key_openssh,
+            instance_id=vm.instance_id,
+            instance=vm.instance,
+            steps=node_steps_for_stack,
+        ),
+    )
+    for vm in nodes.all
+]
 
 key_file = f"~/.ssh/{settings.name_prefix}"
 pulumi.export("controlPlaneExternalIp", nodes.control_plane.external_ip)

@@ -66,6 +66,7 @@ class NodeVm(pulumi.ComponentResource):
     name: pulumi.Output[str]
     internal_ip: pulumi.Output[str]
     external_ip: pulumi.Output[str]
+    instance_id: pulumi.Output[str]
 
     def __init__(self, name: str, args: NodeVmArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("kata-mesh:nodes:NodeVm", name, None, opts)
@@ -134,6 +135,7 @@ class NodeVm(pulumi.ComponentResource):
         self.name = self.instance.name
         self.internal_ip = self.instance.network_interfaces.apply(lambda nics: nics[0].network_ip or "")
         self.external_ip = self.address.address
+        self.instance_id = self.instance.instance_id
         self.register_outputs(
             {"name": self.name, "internalIp": self.internal_ip, "externalIp": self.external_ip}
         )

@@ -37,6 +37,7 @@ PROJECT_KEYS = (
     "sshPrivateKey",
     "kubernetesVersion",
     "kataVersion",
+    "artifactMirrorUrl",
 )
 # Provider keys every stack file sets.
 GCP_KEYS = ("gcp:region", "gcp:zone")
@@ -68,6 +69,7 @@ VERSION = re.compile(r"^(\d+)\.(\d+)\.(\d+)$")
 MACHINE_TYPE = re.compile(r"^(?P<series>[a-z][a-z0-9]*)-(?P<kind>[a-z]+)-(?P<cpus>\d+)(-(?P<mem>\d+))?$")
 ZONE = re.compile(r"^(?P<region>[a-z]+-[a-z]+\d+)-[a-z]$")
 REGION = re.compile(r"^[a-z]+-[a-z]+\d+$")
+MIRROR_URL = re.compile(r"^https?://[^\s?#]+$")
 PRIVATE_KEY_HEADER = re.compile(r"^-----BEGIN (OPENSSH|RSA|EC) PRIVATE KEY-----")
 
 
@@ -115,6 +117,7 @@ class Settings:
     admin_user: str
     kubernetes_version: str
     kata_version: str
+    artifact_mirror_url: str | None
     # A user-supplied key is plain text only here; components wrap it with Output.secret.
     ssh_private_key: str | None = field(default=None, repr=False)
 
@@ -340,6 +343,7 @@ def parse_settings(raw: Mapping[str, str | None], stack: str) -> Settings:
     ssh_private_key = r.string("sshPrivateKey") or None
     kubernetes_version = r.string("kubernetesVersion")
     kata_version = r.string("kataVersion")
+    artifact_mirror_url = r.string("artifactMirrorUrl").rstrip("/") or None
 
     if not GCE_NAME.match(stack) or len(stack) > STACK_NAME_MAX:
         r.problem(
@@ -381,6 +385,12 @@ def parse_settings(raw: Mapping[str, str | None], stack: str) -> Settings:
             "`pulumi config set --secret sshPrivateKey < ~/.ssh/id_ed25519`, or unset it to generate one",
         )
     _check_versions(r, kubernetes_version, kata_version)
+    if artifact_mirror_url and not MIRROR_URL.match(artifact_mirror_url):
+        r.problem(
+            "artifactMirrorUrl",
+            artifact_mirror_url,
+            "must be an http(s) base URL without query, e.g. https://storage.googleapis.com/my-bucket/kata-mesh",
+        )
 
     if r.problems:
         raise SettingsError(r.problems)
@@ -404,6 +414,7 @@ def parse_settings(raw: Mapping[str, str | None], stack: str) -> Settings:
         admin_user=admin_user,
         kubernetes_version=kubernetes_version,
         kata_version=kata_version,
+        artifact_mirror_url=artifact_mirror_url,
         ssh_private_key=ssh_private_key,
     )
 

@@ -92,6 +92,7 @@ class KataMeshMocks(pulumi_mocks.Mocks):
             nics = [dict(nic) for nic in state.get("networkInterfaces", [])]
             nics[0]["networkIp"] = _fake_ip("10.10.0", name)
             state["networkInterfaces"] = nics
+            state["instanceId"] = str(int(hashlib.sha256(name.encode()).hexdigest(), 16) % 10**12)
         elif args.typ == "gcp:serviceaccount/account:Account":
             state["email"] = f"{state['accountId']}@kata-mesh-test.iam.gserviceaccount.com"
         elif args.typ == "tls:index/privateKey:PrivateKey":

@@ -1,0 +1,193 @@
+"""Node provisioning over SSH: one remote command per node concern, in order, on every node.
+
+Each step is a shell script in scripts/node, sent on stdin behind scripts/node/lib.sh, with its
+parameters as explicit arguments. A step's trigger is a hash of exactly that, so a step re-runs
+when, and only when, its script or its parameters change (or its VM is replaced).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pulumi
+import pulumi_command as command
+
+from components import node_config, versions
+
+SCRIPTS_DIR = Path(__file__).resolve().parent.parent / "scripts" / "node"
+CACHE_DIR = "/var/cache/kata-mesh"
+KERNEL_MODULES = ("overlay", "br_netfilter", "kvm_intel", "vhost", "vhost_net", "vhost_vsock")
+SYSCTLS = (
+    "net.ipv4.ip_forward=1",
+    "net.bridge.bridge-nf-call-iptables=1",
+    "net.bridge.bridge-nf-call-ip6tables=1",
+)
+NODE_PACKAGES = ("ca-certificates", "curl", "gpg", "zstd", "conntrack", "socat")
+# The seed's five links from /opt/kata/bin into /usr/local/bin.
+KATA_LINKS = (
+    "kata-runtime",
+    "containerd-shim-kata-v2",
+    "kata-monitor",
+    "kata-collect-data.sh",
+    "qemu-system-x86_64",
+)
+CLOUD_INIT_TIMEOUT_SECONDS = 900
+
+
+@dataclass(frozen=True)
+class NodeStep:
+    """One node concern: a script and the arguments it is run with."""
+
+    name: str
+    script: str
+    args: tuple[tuple[str, str], ...]
+    privileged: bool = True
+
+    @property
+    def script_text(self) -> str:
+        lib = (SCRIPTS_DIR / "lib.sh").read_text()
+        return f"{lib}\n{(SCRIPTS_DIR / self.script).read_text()}"
+
+    @property
+    def command_line(self) -> str:
+        runner = "sudo -n bash -s --" if self.privileged else "bash -s --"
+        return " ".join([runner, *(f"--{key} {shlex.quote(value)}" for key, value in self.args)])
+
+    @property
+    def content_hash(self) -> str:
+        return hashlib.sha256(f"{self.script_text}\0{self.command_line}".encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class ProvisioningSpec:
+    kubernetes_version: str
+    kata: versions.Artifact
+    artifact_mirror_url: str | None = None
+
+    def url(self, artifact: versions.Artifact) -> str:
+        """Where the nodes fetch an artifact: the mirror when set, else upstream; checksums either way."""
+        if self.artifact_mirror_url:
+            return f"{self.artifact_mirror_url.rstrip('/')}/{artifact.filename}"
+        return artifact.upstream_url
+
+
+def kubernetes_apt_repository(kubernetes_version: str) -> str:
+    minor = ".".join(kubernetes_version.split(".")[:2])
+    return f"https://pkgs.k8s.io/core:/stable:/v{minor}/deb/"
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def node_steps(spec: ProvisioningSpec) -> list[NodeStep]:
+    """The five steps every node runs, in order."""
+    containerd_major = int(versions.CONTAINERD.version.split(".")[0])
+    return [
+        NodeStep(
+            "wait-ready",
+            "00-wait-ready.sh",
+            (("timeout-seconds", str(CLOUD_INIT_TIMEOUT_SECONDS)),),
+            privileged=False,
+        ),
+        NodeStep(
+            "prerequisites",
+            "10-prerequisites.sh",
+            (
+                ("modules", " ".join(KERNEL_MODULES)),
+                ("sysctls", " ".join(SYSCTLS)),
+                ("packages", " ".join(NODE_PACKAGES)),
+            ),
+        ),
+        NodeStep(
+            "containerd",
+            "20-containerd.sh",
+            (
+                ("containerd-url", spec.url(versions.CONTAINERD)),
+                ("containerd-sha256", versions.CONTAINERD.sha256),
+                ("runc-url", spec.url(versions.RUNC)),
+                ("runc-sha256", versions.RUNC.sha256),
+                ("cni-url", spec.url(versions.CNI_PLUGINS)),
+                ("cni-sha256", versions.CNI_PLUGINS.sha256),
+                ("config-b64", _b64(node_config.render_containerd_config(containerd_major))),
+                ("cache-dir", CACHE_DIR),
+            ),
+        ),
+        NodeStep(
+            "kata",
+            "30-kata.sh",
+            (
+                ("kata-url", spec.url(spec.kata)),
+                ("kata-sha256", spec.kata.sha256),
+                ("prefix", node_config.KATA_PREFIX),
+                ("bin-dir", "/usr/local/bin"),
+                ("links", " ".join(KATA_LINKS)),
+                ("dropin-name", node_config.KATA_DROPIN_NAME),
+                ("dropin-b64", _b64(node_config.render_kata_dropin())),
+                ("cache-dir", CACHE_DIR),
+            ),
+        ),
+        NodeStep(
+            "kubernetes",
+            "40-kubernetes.sh",
+            (
+                ("kubernetes-version", spec.kubernetes_version),
+                ("apt-repository", kubernetes_apt_repository(spec.kubernetes_version)),
+                ("cri-socket", node_config.CONTAINERD_SOCKET),
+            ),
+        ),
+    ]
+
+
+@dataclass(frozen=True)
+class NodeProvisioningArgs:
+    host: pulumi.Input[str]
+    user: str
+    private_key: pulumi.Input[str]
+    # The VM's id: a replaced VM is a new machine, so every step runs again on it.
+    instance_id: pulumi.Input[str]
+    instance: pulumi.Resource
+    steps: Sequence[NodeStep]
+
+
+class NodeProvisioning(pulumi.ComponentResource):
+    """Runs the node steps over SSH, each after the previous one, on one node only."""
+
+    steps: dict[str, command.remote.Command]
+
+    def __init__(
+        self, name: str, args: NodeProvisioningArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
+        super().__init__("kata-mesh:provisioning:NodeProvisioning", name, None, opts)
+        self.steps = {}
+        previous: pulumi.Resource = args.instance
+        for index, step in enumerate(args.steps):
+            first = index == 0
+            connection = command.remote.ConnectionArgs(
+                host=args.host,
+                user=args.user,
+                private_key=args.private_key,
+                # The first step polls a booting VM: dial until sshd answers, bounded by its timeout.
+                dial_error_limit=-1 if first else 10,
+                per_dial_timeout=15,
+            )
+            previous = command.remote.Command(
+                f"{name}-{step.name}",
+                connection=connection,
+                create=step.command_line,
+                stdin=step.script_text,
+                triggers=[step.content_hash, args.instance_id],
+                add_previous_output_in_env=False,
+                opts=pulumi.ResourceOptions(
+                    parent=self,
+                    depends_on=[previous],
+                    custom_timeouts=pulumi.CustomTimeouts(create="20m" if first else "30m"),
+                ),
+            )
+            self.steps[step.name] = previous
+        self.register_outputs({})

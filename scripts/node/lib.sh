@@ -1,0 +1,103 @@
+# shellcheck shell=bash
+# Helpers shared by the node steps. The program sends each step as this file followed by the
+# step script, on stdin to `sudo bash -s -- ARGS`; run from a checkout, a step sources it instead.
+
+km_log() { printf '[kata-mesh] %s\n' "$*" >&2; }
+
+km_die() {
+  printf '[kata-mesh] ERROR: %s\n' "$*" >&2
+  exit 1
+}
+
+# km_parse_args --some-name VALUE ...: sets arg_some_name=VALUE for each pair. Each step declares
+# its arg_* variables (with defaults) before calling this, so unknown names are refused.
+km_parse_args() {
+  while (($#)); do
+    [[ $1 == --?* && $# -ge 2 ]] || km_die "expected --name value pairs, got: $*"
+    local name=${1#--}
+    name=arg_${name//-/_}
+    [[ -v $name ]] || km_die "unknown argument: $1"
+    printf -v "$name" '%s' "$2"
+    shift 2
+  done
+}
+
+# km_require_args NAME...: fails naming every missing --name.
+km_require_args() {
+  local name var missing=()
+  for name in "$@"; do
+    var=arg_$name
+    [[ -n ${!var} ]] || missing+=("--${name//_/-}")
+  done
+  ((${#missing[@]} == 0)) || km_die "missing required argument(s): ${missing[*]}"
+}
+
+km_sha256_of() { sha256sum "$1" | cut -d' ' -f1; }
+
+# km_fetch_verified URL SHA256 DEST: downloads URL with retries and backoff, and moves it to DEST
+# only if its sha256 matches. A DEST already there with the right checksum is kept as it is.
+km_fetch_verified() {
+  local url=$1 sha256=$2 dest=$3 part actual
+  if [[ -f $dest && $(km_sha256_of "$dest") == "$sha256" ]]; then
+    return 0
+  fi
+  mkdir -p "$(dirname "$dest")"
+  part=$(mktemp "$dest.XXXXXX.part")
+  km_log "downloading $url"
+  # Without --retry-delay, curl backs off exponentially between its retries.
+  if ! curl -fsSL --retry 6 --retry-all-errors --connect-timeout 20 --max-time 1800 -o "$part" "$url"; then
+    rm -f "$part"
+    km_die "could not download $url (network, proxy or artifact mirror?)"
+  fi
+  actual=$(km_sha256_of "$part")
+  if [[ $actual != "$sha256" ]]; then
+    rm -f "$part"
+    km_die "checksum mismatch for $url: expected sha256 $sha256, got $actual; nothing was installed"
+  fi
+  mv -f "$part" "$dest"
+}
+
+# km_put_file DEST MODE CONTENT: writes CONTENT (plus a final newline) to DEST unless DEST already
+# holds exactly that, and sets km_changed=true or false so callers restart only what changed.
+# shellcheck disable=SC2034 # read by the step scripts
+km_changed=false
+km_put_file() {
+  local dest=$1 mode=$2 content=$3 tmp
+  mkdir -p "$(dirname "$dest")"
+  tmp=$(mktemp "$dest.XXXXXX.new")
+  printf '%s\n' "$content" >"$tmp"
+  if [[ -f $dest ]] && cmp -s "$tmp" "$dest"; then
+    rm -f "$tmp"
+    km_changed=false
+    return 0
+  fi
+  chmod "$mode" "$tmp"
+  mv -f "$tmp" "$dest"
+  km_log "wrote $dest"
+  # shellcheck disable=SC2034 # read by the step scripts
+  km_changed=true
+}
+
+# Records of what a step installed, so a second run with the same artifact changes nothing.
+km_state_dir=/var/lib/kata-mesh/installed
+km_is_installed() { [[ -f $km_state_dir/$1 && $(<"$km_state_dir/$1") == "$2" ]]; }
+km_mark_installed() {
+  mkdir -p "$km_state_dir"
+  printf '%s\n' "$2" >"$km_state_dir/$1"
+}
+
+km_apt() {
+  # Waits for the apt lock (cloud-init and unattended-upgrades hold it after boot).
+  DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 -q "$@"
+}
+
+# km_apt_ensure PACKAGE...: installs the packages that are missing, refreshing the index once.
+km_apt_ensure() {
+  local pkg missing=()
+  for pkg in "$@"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
+  done
+  ((${#missing[@]} == 0)) && return 0
+  km_apt update
+  km_apt install -y --no-install-recommends "${missing[@]}"
+}
