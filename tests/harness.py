@@ -179,6 +179,8 @@ class ProgramRun:
     preview: bool
     registrations: list[Registration]
     raw_stack_outputs: dict[str, Any] = field(default_factory=dict)
+    # What the mocks returned for each resource: its outputs, as the engine would know them.
+    states: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def of_type(self, type_: str) -> list[Registration]:
         return [r for r in self.registrations if r.type == type_]
@@ -222,4 +224,10 @@ def run_program(
         sys.path.insert(0, str(ROOT))
     _sync_await(run_in_stack(lambda: runpy.run_path(str(ROOT / "__main__.py"), run_name="__main__")))
     stack_urn = f"urn:pulumi:{stack}::{PROJECT}::pulumi:pulumi:Stack::{PROJECT}-{stack}"
-    return ProgramRun(stack, preview, monitor.registrations, monitor.resource_outputs.get(stack_urn, {}))
+    return ProgramRun(
+        stack,
+        preview,
+        monitor.registrations,
+        monitor.resource_outputs.get(stack_urn, {}),
+        {urn: dict(resource.state) for urn, resource in monitor.resources.items()},
+    )

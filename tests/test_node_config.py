@@ -1,0 +1,88 @@
+"""The containerd and Kata configs the nodes get: exact content, and a real containerd loads them."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import tomllib
+
+from components.node_config import KATA_CONFIG_PATH, render_containerd_config, render_kata_dropin
+
+EXPECTED_RUNTIMES = {
+    "runc": {"runtime_type": "io.containerd.runc.v2", "options": {"SystemdCgroup": True}},
+    "kata": {
+        "runtime_type": "io.containerd.kata.v2",
+        "privileged_without_host_devices": True,
+        "pod_annotations": ["io.katacontainers.*"],
+        "options": {"ConfigPath": "/opt/kata/share/defaults/kata-containers/configuration.toml"},
+    },
+}
+
+
+@pytest.mark.parametrize(
+    ("major", "schema", "plugin"),
+    [(1, 2, "io.containerd.grpc.v1.cri"), (2, 3, "io.containerd.cri.v1.runtime")],
+)
+def test_containerd_config_has_exactly_the_two_runtimes_in_the_schema_of_its_major(major, schema, plugin):
+    parsed = tomllib.loads(render_containerd_config(major))
+    assert parsed == {
+        "version": schema,
+        "plugins": {plugin: {"containerd": {"default_runtime_name": "runc", "runtimes": EXPECTED_RUNTIMES}}},
+    }
+
+
+def test_unsupported_containerd_major_is_refused():
+    with pytest.raises(ValueError, match=r"containerd 3\.x is not supported"):
+        render_containerd_config(3)
+
+
+def test_kata_dropin_changes_only_the_timeouts_nested_virtualization_needs():
+    assert tomllib.loads(render_kata_dropin()) == {
+        "agent": {"kata": {"dial_timeout": 90}},
+        "runtime": {"create_container_timeout": 120},
+    }
+
+
+def real_containerd() -> str:
+    binary = shutil.which("containerd")
+    if binary is None:
+        if os.environ.get("CI"):
+            pytest.fail("containerd is not installed; scripts/test.sh installs Debian's package")
+        pytest.skip("containerd not installed (scripts/test.sh installs it when run as root)")
+    return binary
+
+
+def test_debian_containerd_loads_the_1x_config_with_both_runtimes(tmp_path: Path):
+    containerd = real_containerd()
+    version = subprocess.run([containerd, "--version"], capture_output=True, text=True, check=True).stdout
+    assert " 1." in version, f"this test needs a 1.x containerd, found: {version}"
+    config = tmp_path / "config.toml"
+    config.write_text(render_containerd_config(1))
+    dump = subprocess.run(
+        [containerd, "--config", str(config), "config", "dump"], capture_output=True, text=True, check=True
+    ).stdout
+    cri = tomllib.loads(dump)["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]
+    assert cri["default_runtime_name"] == "runc"
+    runc, kata = cri["runtimes"]["runc"], cri["runtimes"]["kata"]
+    assert runc["runtime_type"] == "io.containerd.runc.v2"
+    assert runc["options"]["SystemdCgroup"] is True
+    assert kata["runtime_type"] == "io.containerd.kata.v2"
+    assert kata["privileged_without_host_devices"] is True
+    assert kata["pod_annotations"] == ["io.katacontainers.*"]
+    assert kata["options"]["ConfigPath"] == KATA_CONFIG_PATH
+
+
+def test_debian_containerd_refuses_a_broken_config(tmp_path: Path):
+    """The check above means something: a real containerd does reject what it cannot load."""
+    containerd = real_containerd()
+    config = tmp_path / "config.toml"
+    config.write_text(render_containerd_config(1).replace("[plugins.", "[plugins", 1))
+    result = subprocess.run(
+        [containerd, "--config", str(config), "config", "dump"], capture_output=True, text=True
+    )
+    assert result.returncode != 0
+    assert "failed to load TOML" in result.stderr

@@ -1,0 +1,160 @@
+"""Node provisioning under the mock engine: five steps per node, in order, each node on its own."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import itertools
+
+import pytest
+from harness import PROJECT, SECRET_SIG, STACKS, ProgramRun, Registration, run_program, stack_config
+
+from components import versions
+from components.node_provisioning import KATA_LINKS, SCRIPTS_DIR, NodeStep, ProvisioningSpec, node_steps
+from components.settings import parse_settings
+
+COMMAND = "command:remote:Command"
+INSTANCE = "gcp:compute/instance:Instance"
+STEP_ORDER = ["wait-ready", "prerequisites", "containerd", "kata", "kubernetes"]
+
+
+@functools.cache
+def run(stack: str, preview: bool) -> ProgramRun:
+    return run_program(stack, preview)
+
+
+def steps_by_node(program: ProgramRun) -> dict[str, list[Registration]]:
+    nodes: dict[str, list[Registration]] = {}
+    for vm in program.of_type(INSTANCE):
+        name = vm.inputs["name"]
+        commands = {r.name: r for r in program.of_type(COMMAND) if r.name.startswith(f"{name}-provision-")}
+        nodes[name] = [commands[f"{name}-provision-{step}"] for step in STEP_ORDER]
+        assert len(commands) == len(STEP_ORDER), sorted(commands)
+    return nodes
+
+
+@pytest.mark.parametrize("preview", [True, False], ids=["preview", "up"])
+@pytest.mark.parametrize("stack", STACKS)
+def test_every_node_gets_the_five_steps_in_order(stack, preview):
+    program = run(stack, preview)
+    nodes = steps_by_node(program)
+    assert len(program.of_type(COMMAND)) == len(STEP_ORDER) * len(nodes)
+    for name, steps in nodes.items():
+        vm = program.one(INSTANCE, name)
+        assert vm.urn in steps[0].dependencies
+        for previous, step in itertools.pairwise(steps):
+            assert previous.urn in step.dependencies, f"{step.name} does not wait for {previous.name}"
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_no_node_waits_for_another_nodes_resources(stack):
+    program = run(stack, False)
+    nodes = steps_by_node(program)
+    for name, steps in nodes.items():
+        others = [other for other in nodes if other != name]
+        for step in steps:
+            for dependency in step.dependencies:
+                assert not any(f"::{other}" in dependency for other in others), (step.name, dependency)
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_steps_run_their_script_over_ssh_with_explicit_arguments(stack):
+    program = run(stack, False)
+    outputs = program.output("nodes")
+    expected = {s.name: s for s in node_steps_for(stack)}
+    for name, steps in steps_by_node(program).items():
+        for registered, step_name in zip(steps, STEP_ORDER, strict=True):
+            inputs = registered.inputs
+            step = expected[step_name]
+            assert inputs["create"] == step.command_line
+            assert inputs["stdin"] == step.script_text
+            assert inputs["stdin"].startswith((SCRIPTS_DIR / "lib.sh").read_text())
+            assert inputs["triggers"][0] == step.content_hash
+            assert inputs["addPreviousOutputInEnv"] is False
+            assert "environment" not in inputs
+            # The connection carries the private key, so the whole of it travels as a secret.
+            assert registered.raw_inputs["connection"][SECRET_SIG]
+            connection = inputs["connection"]["value"]
+            assert connection["host"] == outputs[name]["externalIp"]
+            assert connection["user"] == "kata-admin"
+            assert connection["privateKey"].startswith("-----BEGIN OPENSSH PRIVATE KEY-----")
+            assert connection["dialErrorLimit"] == (-1 if step_name == "wait-ready" else 10)
+            runner = "bash -s --" if step_name == "wait-ready" else "sudo -n bash -s --"
+            assert inputs["create"].startswith(runner)
+
+
+def node_steps_for(stack: str, **overrides: str) -> list[NodeStep]:
+    """The steps the program should send for a stack, from the same settings it reads."""
+    config = {k.removeprefix(f"{PROJECT}:"): v for k, v in stack_config(stack, overrides).items()}
+    settings = parse_settings(config, stack)
+    return node_steps(
+        ProvisioningSpec(settings.kubernetes_version, settings.kata, settings.artifact_mirror_url)
+    )
+
+
+def test_step_arguments_carry_the_pins_and_the_seeds_links():
+    steps = {s.name: dict(s.args) for s in node_steps_for("dev")}
+    assert steps["kata"]["kata-sha256"] == versions.KATA_RELEASES["3.32.0"].sha256
+    assert steps["kata"]["kata-url"] == (
+        "https://github.com/kata-containers/kata-containers/releases/download/3.32.0/kata-static-3.32.0-amd64.tar.zst"
+    )
+    assert steps["kata"]["links"].split() == list(KATA_LINKS)
+    assert steps["kata"]["prefix"] == "/opt/kata"
+    assert steps["containerd"]["containerd-sha256"] == versions.CONTAINERD.sha256
+    assert steps["containerd"]["runc-sha256"] == versions.RUNC.sha256
+    assert steps["containerd"]["cni-sha256"] == versions.CNI_PLUGINS.sha256
+    assert steps["kubernetes"]["apt-repository"] == "https://pkgs.k8s.io/core:/stable:/v1.36/deb/"
+    assert steps["kubernetes"]["kubernetes-version"] == "1.36.4"
+    assert steps["prerequisites"]["modules"].split() == [
+        "overlay",
+        "br_netfilter",
+        "kvm_intel",
+        "vhost",
+        "vhost_net",
+        "vhost_vsock",
+    ]
+
+
+def test_a_mirror_serves_the_same_files_with_the_same_checksums():
+    mirror = "https://storage.googleapis.com/acme-artifacts/kata-mesh"
+    upstream = {s.name: dict(s.args) for s in node_steps_for("dev")}
+    mirrored = {
+        s.name: dict(s.args) for s in node_steps_for("dev", **{f"{PROJECT}:artifactMirrorUrl": mirror + "/"})
+    }
+    assert mirrored["kata"]["kata-url"] == f"{mirror}/kata-static-3.32.0-amd64.tar.zst"
+    assert mirrored["containerd"]["containerd-url"] == f"{mirror}/containerd-2.3.4-linux-amd64.tar.gz"
+    assert mirrored["containerd"]["runc-url"] == f"{mirror}/runc.amd64"
+    for step in ("kata", "containerd"):
+        assert {k: v for k, v in mirrored[step].items() if "sha256" in k} == {
+            k: v for k, v in upstream[step].items() if "sha256" in k
+        }
+
+
+def test_bumping_kata_reruns_only_the_kata_step_and_replaces_no_vm(monkeypatch):
+    current = run_program("dev", preview=False)
+    bumped_release = dataclasses.replace(
+        versions.KATA_RELEASES["3.32.0"],
+        version="3.33.0",
+        upstream_url=versions.KATA_RELEASES["3.32.0"].upstream_url.replace("3.32.0", "3.33.0"),
+        sha256="0" * 64,
+    )
+    monkeypatch.setitem(versions.KATA_RELEASES, "3.33.0", bumped_release)
+    bumped = run_program("dev", preview=False, overrides={f"{PROJECT}:kataVersion": "3.33.0"})
+
+    before = {r.urn: r.inputs for r in current.registrations}
+    after = {r.urn: r.inputs for r in bumped.registrations}
+    assert before.keys() == after.keys()
+    changed = sorted(urn.rsplit("::", 1)[1] for urn in before if before[urn] != after[urn])
+    assert changed == ["kata-mesh-dev-cp-0-provision-kata", "kata-mesh-dev-worker-0-provision-kata"]
+    for urn in before:
+        if urn.endswith("-provision-kata"):
+            assert before[urn]["triggers"][0] != after[urn]["triggers"][0]
+
+
+def test_a_replaced_vm_reruns_every_step_on_it():
+    """Every step's triggers carry its VM's id, which a replacement changes."""
+    program = run("dev", False)
+    for name, steps in steps_by_node(program).items():
+        instance_id = program.states[program.one(INSTANCE, name).urn]["instanceId"]
+        assert instance_id
+        assert [step.inputs["triggers"][1] for step in steps] == [instance_id] * len(STEP_ORDER)
