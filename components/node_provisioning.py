@@ -144,6 +144,51 @@ def node_steps(spec: ProvisioningSpec) -> list[NodeStep]:
     ]
 
 
+def ssh_connection(
+    host: pulumi.Input[str], user: str, private_key: pulumi.Input[str], wait_for_boot: bool = False
+) -> command.remote.ConnectionArgs:
+    return command.remote.ConnectionArgs(
+        host=host,
+        user=user,
+        private_key=private_key,
+        # A booting VM: dial until sshd answers; the step's own timeout bounds the wait.
+        dial_error_limit=-1 if wait_for_boot else 10,
+        per_dial_timeout=15,
+    )
+
+
+def remote_step(
+    resource_name: str,
+    step: NodeStep | pulumi.Output[NodeStep],
+    connection: command.remote.ConnectionArgs,
+    opts: pulumi.ResourceOptions,
+    extra_triggers: Sequence[pulumi.Input[str]] = (),
+    secret_stdout: bool = False,
+) -> command.remote.Command:
+    """Runs one step over SSH: its script on stdin, its arguments on the command line."""
+    if isinstance(step, NodeStep):
+        command_line: pulumi.Input[str] = step.command_line
+        script: pulumi.Input[str] = step.script_text
+        content_hash: pulumi.Input[str] = step.content_hash
+    else:
+        command_line = step.apply(lambda s: s.command_line)
+        script = step.apply(lambda s: s.script_text)
+        content_hash = step.apply(lambda s: s.content_hash)
+    if secret_stdout:
+        opts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(additional_secret_outputs=["stdout"]))
+    return command.remote.Command(
+        resource_name,
+        connection=connection,
+        create=command_line,
+        stdin=script,
+        triggers=[content_hash, *extra_triggers],
+        add_previous_output_in_env=False,
+        # Secret output is kept out of the logs too; stderr still shows what went wrong.
+        logging=command.remote.Logging.STDERR if secret_stdout else None,
+        opts=opts,
+    )
+
+
 @dataclass(frozen=True)
 class NodeProvisioningArgs:
     host: pulumi.Input[str]
@@ -159,35 +204,25 @@ class NodeProvisioning(pulumi.ComponentResource):
     """Runs the node steps over SSH, each after the previous one, on one node only."""
 
     steps: dict[str, command.remote.Command]
+    last: command.remote.Command
 
-    def __init__(
-        self, name: str, args: NodeProvisioningArgs, opts: pulumi.ResourceOptions | None = None
-    ) -> None:
+    def __init__(self, name: str, args: NodeProvisioningArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("kata-mesh:provisioning:NodeProvisioning", name, None, opts)
         self.steps = {}
         previous: pulumi.Resource = args.instance
         for index, step in enumerate(args.steps):
             first = index == 0
-            connection = command.remote.ConnectionArgs(
-                host=args.host,
-                user=args.user,
-                private_key=args.private_key,
-                # The first step polls a booting VM: dial until sshd answers, bounded by its timeout.
-                dial_error_limit=-1 if first else 10,
-                per_dial_timeout=15,
-            )
-            previous = command.remote.Command(
+            self.steps[step.name] = remote_step(
                 f"{name}-{step.name}",
-                connection=connection,
-                create=step.command_line,
-                stdin=step.script_text,
-                triggers=[step.content_hash, args.instance_id],
-                add_previous_output_in_env=False,
-                opts=pulumi.ResourceOptions(
+                step,
+                ssh_connection(args.host, args.user, args.private_key, wait_for_boot=first),
+                pulumi.ResourceOptions(
                     parent=self,
                     depends_on=[previous],
                     custom_timeouts=pulumi.CustomTimeouts(create="20m" if first else "30m"),
                 ),
+                extra_triggers=[args.instance_id],
             )
-            self.steps[step.name] = previous
+            previous = self.steps[step.name]
+        self.last = self.steps[args.steps[-1].name]
         self.register_outputs({})
