@@ -2,6 +2,7 @@
 
 import pulumi
 
+from components.cluster import ClusterArgs, KubeadmCluster
 from components.network import Network, NetworkArgs
 from components.node_provisioning import NodeProvisioning, NodeProvisioningArgs, ProvisioningSpec, node_steps
 from components.nodes import ClusterNodes, ClusterNodesArgs, MachineSpec
@@ -49,8 +50,8 @@ node_steps_for_stack = node_steps(
         artifact_mirror_url=settings.artifact_mirror_url,
     )
 )
-provisioning = [
-    NodeProvisioning(
+provisioning = {
+    vm.node_name: NodeProvisioning(
         f"{vm.node_name}-provision",
         NodeProvisioningArgs(
             host=vm.external_ip,
@@ -62,7 +63,20 @@ provisioning = [
         ),
     )
     for vm in nodes.all
-]
+}
+cluster = KubeadmCluster(
+    "cluster",
+    ClusterArgs(
+        control_plane=nodes.control_plane,
+        workers=nodes.workers,
+        provisioned={name: p.last for name, p in provisioning.items()},
+        admin_user=settings.admin_user,
+        private_key=ssh.private_key_openssh,
+        kubernetes_version=settings.kubernetes_version,
+        pod_cidr=settings.pod_cidr,
+        service_cidr=settings.service_cidr,
+    ),
+)
 
 key_file = f"~/.ssh/{settings.name_prefix}"
 pulumi.export("controlPlaneExternalIp", nodes.control_plane.external_ip)
@@ -80,3 +94,4 @@ pulumi.export(
     ),
 )
 pulumi.export("sshPrivateKey", ssh.private_key_openssh)
+pulumi.export("kubeconfig", cluster.kubeconfig)

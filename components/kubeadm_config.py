@@ -15,8 +15,8 @@ KUBELET_API = "kubelet.config.k8s.io/v1beta1"
 API_PORT = 6443
 KATA_NODE_LABEL = ("katacontainers.io/kata-runtime", "true")
 JOIN_COMMAND = re.compile(
-    r"kubeadm join (?P<endpoint>\S+:\d+) --token (?P<token>[a-z0-9]{6}\.[a-z0-9]{16})"
-    r" --discovery-token-ca-cert-hash (?P<hash>sha256:[a-f0-9]{64})"
+    r"kubeadm\s+join\s+(?P<endpoint>\S+:\d+)\s+--token\s+(?P<token>[a-z0-9]{6}\.[a-z0-9]{16})"
+    r"\s+--discovery-token-ca-cert-hash\s+(?P<hash>sha256:[a-f0-9]{64})"
 )
 
 
@@ -33,7 +33,11 @@ class NodeRegistration:
         if self.labels:
             labels = ",".join(f"{k}={v}" for k, v in sorted(self.labels.items()))
             extra_args.append({"name": "node-labels", "value": labels})
-        registration: dict = {"name": self.name, "criSocket": CONTAINERD_SOCKET, "kubeletExtraArgs": extra_args}
+        registration: dict = {
+            "name": self.name,
+            "criSocket": CONTAINERD_SOCKET,
+            "kubeletExtraArgs": extra_args,
+        }
         if self.taints is not None:
             registration["taints"] = self.taints
         return registration
@@ -92,7 +96,9 @@ def parse_join_command(text: str) -> JoinCommand:
     match = JOIN_COMMAND.search(text)
     if not match:
         # The text holds a token: say what was expected, never echo it.
-        raise ValueError("not a kubeadm join command (expected 'kubeadm join HOST:PORT --token ... --discovery-token-ca-cert-hash sha256:...')")
+        raise ValueError(
+            "not a kubeadm join command (expected 'kubeadm join HOST:PORT --token ... --discovery-token-ca-cert-hash sha256:...')"
+        )
     return JoinCommand(match["endpoint"], match["token"], match["hash"])
 
 

@@ -175,7 +175,9 @@ def remote_step(
         script = step.apply(lambda s: s.script_text)
         content_hash = step.apply(lambda s: s.content_hash)
     if secret_stdout:
-        opts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(additional_secret_outputs=["stdout"]))
+        opts = pulumi.ResourceOptions.merge(
+            opts, pulumi.ResourceOptions(additional_secret_outputs=["stdout"])
+        )
     return command.remote.Command(
         resource_name,
         connection=connection,
@@ -206,7 +208,9 @@ class NodeProvisioning(pulumi.ComponentResource):
     steps: dict[str, command.remote.Command]
     last: command.remote.Command
 
-    def __init__(self, name: str, args: NodeProvisioningArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+    def __init__(
+        self, name: str, args: NodeProvisioningArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
         super().__init__("kata-mesh:provisioning:NodeProvisioning", name, None, opts)
         self.steps = {}
         previous: pulumi.Resource = args.instance

@@ -68,6 +68,12 @@ CRICTL = Artifact(
     sha256="83855e114566a8a8c44c548d515670f51de3a5e1da8b2effb59870e2f10c25a3",
 )
 
+# Flannel, the pod network, from its official chart (VXLAN backend; chart versions carry a "v").
+FLANNEL_CHART_REPOSITORY = "https://flannel-io.github.io/flannel/"
+FLANNEL_CHART = "flannel"
+FLANNEL_CHART_VERSION = "v0.28.9"
+FLANNEL_NAMESPACE = "kube-flannel"
+
 # Kubernetes minors this project supports: kubeadm v1beta4 needs 1.31+, Istio 1.30 supports
 # 1.32-1.36, and pkgs.k8s.io serves one apt repository per minor.
 KUBERNETES_MINORS = range(32, 37)

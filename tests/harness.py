@@ -42,6 +42,29 @@ OPERATOR_CONFIG: dict[str, Any] = {
 }
 
 
+MOCK_TOKEN = "abcdef.0123456789abcdef"
+MOCK_CA_HASH = "sha256:" + "c" * 64
+MOCK_ADMIN_CONF = """apiVersion: v1
+kind: Config
+clusters:
+- cluster:
+    certificate-authority-data: Q0EK
+    server: https://10.10.0.2:6443
+  name: kubernetes
+contexts:
+- context:
+    cluster: kubernetes
+    user: kubernetes-admin
+  name: kubernetes-admin@kubernetes
+current-context: kubernetes-admin@kubernetes
+users:
+- name: kubernetes-admin
+  user:
+    client-certificate-data: Q0VSVAo=
+    client-key-data: S0VZCg==
+"""
+
+
 def config_string(value: Any) -> str:
     """Renders a YAML config value the way the CLI hands it to the program."""
     if isinstance(value, bool):
@@ -95,12 +118,23 @@ class KataMeshMocks(pulumi_mocks.Mocks):
             state["instanceId"] = str(int(hashlib.sha256(name.encode()).hexdigest(), 16) % 10**12)
         elif args.typ == "gcp:serviceaccount/account:Account":
             state["email"] = f"{state['accountId']}@kata-mesh-test.iam.gserviceaccount.com"
+        elif args.typ == "command:remote:Command":
+            state["stdout"] = self.command_stdout(state)
         elif args.typ == "tls:index/privateKey:PrivateKey":
             state["privateKeyOpenssh"] = (
                 "-----BEGIN OPENSSH PRIVATE KEY-----\nmock\n-----END OPENSSH PRIVATE KEY-----\n"
             )
             state["publicKeyOpenssh"] = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAmock\n"
         return f"{name}-id", state
+
+    @staticmethod
+    def command_stdout(state: dict[str, Any]) -> str:
+        """What the remote commands print that the program reads back."""
+        if "kubeadm token create" in state.get("stdin", ""):
+            return f"kubeadm join 10.10.0.2:6443 --token {MOCK_TOKEN} --discovery-token-ca-cert-hash {MOCK_CA_HASH} \n"
+        if state.get("create", "").endswith("cat /etc/kubernetes/admin.conf"):
+            return MOCK_ADMIN_CONF
+        return ""
 
     def call(self, args: pulumi_mocks.MockCallArgs) -> tuple[dict, list[tuple[str, str]]]:
         if args.token == "gcp:compute/getImage:getImage":
