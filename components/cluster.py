@@ -69,39 +69,33 @@ class KubeadmCluster(pulumi.ComponentResource):
         cp_connection = ssh_connection(cp.external_ip, args.admin_user, args.private_key)
         control_plane_takes_workloads = not args.workers
 
-        init_step = pulumi.Output.all(cp.internal_ip, cp.external_ip).apply(
-            lambda ips: NodeStep(
-                "kubeadm-init",
-                "50-kubeadm-init.sh",
+        init_args = pulumi.Output.all(cp.internal_ip, cp.external_ip).apply(
+            lambda ips: (
                 (
-                    (
-                        "config-b64",
-                        _b64(
-                            render_init_config(
-                                InitSpec(
-                                    node=node_registration(
-                                        cp.node_name,
-                                        ips[0],
-                                        control_plane_takes_workloads,
-                                        control_plane=True,
-                                    ),
-                                    external_ip=ips[1],
-                                    kubernetes_version=args.kubernetes_version,
-                                    pod_cidr=args.pod_cidr,
-                                    service_cidr=args.service_cidr,
-                                )
+                    "config-b64",
+                    _b64(
+                        render_init_config(
+                            InitSpec(
+                                node=node_registration(
+                                    cp.node_name, ips[0], control_plane_takes_workloads, control_plane=True
+                                ),
+                                external_ip=ips[1],
+                                kubernetes_version=args.kubernetes_version,
+                                pod_cidr=args.pod_cidr,
+                                service_cidr=args.service_cidr,
                             )
-                        ),
+                        )
                     ),
                 ),
             )
         )
         self.init = remote_step(
             f"{name}-init",
-            init_step,
+            NodeStep("kubeadm-init", "50-kubeadm-init.sh", ()),
             cp_connection,
             pulumi.ResourceOptions(parent=self, depends_on=[args.provisioned[cp.node_name]]),
             extra_triggers=[cp.instance_id],
+            args=init_args,
         )
         self.admin_conf = command.remote.Command(
             f"{name}-admin-conf",
@@ -115,7 +109,7 @@ class KubeadmCluster(pulumi.ComponentResource):
             ),
         )
         self.kubeconfig = pulumi.Output.secret(
-            pulumi.Output.all(self.admin_conf.stdout, cp.external_ip).apply(
+            pulumi.Output.all(pulumi.Output.secret(self.admin_conf.stdout), cp.external_ip).apply(
                 lambda values: external_kubeconfig(values[0], values[1])
             )
         )
@@ -183,29 +177,28 @@ class KubeadmCluster(pulumi.ComponentResource):
             extra_triggers=[worker.instance_id],
             secret_stdout=True,
         )
-        join_step = pulumi.Output.all(token.stdout, worker.internal_ip).apply(
-            lambda values: NodeStep(
-                "kubeadm-join",
-                "70-kubeadm-join.sh",
+        # The engine marks stdout secret (additional_secret_outputs); say so here as well, so the
+        # token can never reach a plain input.
+        join_args = pulumi.Output.all(pulumi.Output.secret(token.stdout), worker.internal_ip).apply(
+            lambda values: (
                 (
-                    (
-                        "config-b64",
-                        _b64(
-                            render_join_config(
-                                node_registration(worker.node_name, values[1], True, control_plane=False),
-                                parse_join_command(values[0]),
-                            )
-                        ),
+                    "config-b64",
+                    _b64(
+                        render_join_config(
+                            node_registration(worker.node_name, values[1], True, control_plane=False),
+                            parse_join_command(values[0]),
+                        )
                     ),
                 ),
             )
         )
         join = remote_step(
             f"{worker.node_name}-join",
-            join_step,
+            NodeStep("kubeadm-join", "70-kubeadm-join.sh", ()),
             ssh_connection(worker.external_ip, args.admin_user, args.private_key),
             pulumi.ResourceOptions(parent=self, depends_on=[token, args.provisioned[worker.node_name]]),
             extra_triggers=[worker.instance_id],
+            args=join_args,
         )
         removal = NodeStep(
             "remove-node",

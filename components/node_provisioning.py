@@ -8,6 +8,7 @@ when, and only when, its script or its parameters change (or its VM is replaced)
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import shlex
 from collections.abc import Sequence
@@ -159,21 +160,25 @@ def ssh_connection(
 
 def remote_step(
     resource_name: str,
-    step: NodeStep | pulumi.Output[NodeStep],
+    step: NodeStep,
     connection: command.remote.ConnectionArgs,
     opts: pulumi.ResourceOptions,
     extra_triggers: Sequence[pulumi.Input[str]] = (),
     secret_stdout: bool = False,
+    args: pulumi.Output[tuple[tuple[str, str], ...]] | None = None,
 ) -> command.remote.Command:
-    """Runs one step over SSH: its script on stdin, its arguments on the command line."""
-    if isinstance(step, NodeStep):
+    """Runs one step over SSH: its script on stdin, its arguments on the command line.
+
+    `args`, when given, replaces the step's arguments with values known only once other
+    resources exist (node addresses, tokens); the script itself is known from the start.
+    """
+    if args is None:
         command_line: pulumi.Input[str] = step.command_line
-        script: pulumi.Input[str] = step.script_text
         content_hash: pulumi.Input[str] = step.content_hash
     else:
-        command_line = step.apply(lambda s: s.command_line)
-        script = step.apply(lambda s: s.script_text)
-        content_hash = step.apply(lambda s: s.content_hash)
+        resolved = args.apply(lambda values: dataclasses.replace(step, args=values))
+        command_line = resolved.apply(lambda s: s.command_line)
+        content_hash = resolved.apply(lambda s: s.content_hash)
     if secret_stdout:
         opts = pulumi.ResourceOptions.merge(
             opts, pulumi.ResourceOptions(additional_secret_outputs=["stdout"])
@@ -182,7 +187,7 @@ def remote_step(
         resource_name,
         connection=connection,
         create=command_line,
-        stdin=script,
+        stdin=step.script_text,
         triggers=[content_hash, *extra_triggers],
         add_previous_output_in_env=False,
         # Secret output is kept out of the logs too; stderr still shows what went wrong.

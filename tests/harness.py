@@ -130,9 +130,14 @@ class KataMeshMocks(pulumi_mocks.Mocks):
     @staticmethod
     def command_stdout(state: dict[str, Any]) -> str:
         """What the remote commands print that the program reads back."""
-        if "kubeadm token create" in state.get("stdin", ""):
+
+        def text(key: str) -> str:
+            value = state.get(key, "")
+            return value.get("value", "") if isinstance(value, dict) else value
+
+        if "kubeadm token create" in text("stdin"):
             return f"kubeadm join 10.10.0.2:6443 --token {MOCK_TOKEN} --discovery-token-ca-cert-hash {MOCK_CA_HASH} \n"
-        if state.get("create", "").endswith("cat /etc/kubernetes/admin.conf"):
+        if text("create").endswith("cat /etc/kubernetes/admin.conf"):
             return MOCK_ADMIN_CONF
         return ""
 
@@ -162,6 +167,7 @@ class Registration:
     ignore_changes: list[str]
     additional_secret_outputs: list[str]
     delete_before_replace: bool
+    provider: str
 
 
 class RecordingMonitor(pulumi_mocks.MockMonitor):
@@ -187,6 +193,7 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
                 ignore_changes=list(request.ignoreChanges),
                 additional_secret_outputs=list(request.additionalSecretOutputs),
                 delete_before_replace=request.deleteBeforeReplace,
+                provider=request.provider,
             )
         )
         return response

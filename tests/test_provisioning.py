@@ -38,7 +38,9 @@ def steps_by_node(program: ProgramRun) -> dict[str, list[Registration]]:
 def test_every_node_gets_the_five_steps_in_order(stack, preview):
     program = run(stack, preview)
     nodes = steps_by_node(program)
-    provisioning = [r for r in program.of_type(COMMAND) if "kata-mesh:provisioning:NodeProvisioning$" in r.urn]
+    provisioning = [
+        r for r in program.of_type(COMMAND) if "kata-mesh:provisioning:NodeProvisioning$" in r.urn
+    ]
     assert len(provisioning) == len(STEP_ORDER) * len(nodes)
     for name, steps in nodes.items():
         vm = program.one(INSTANCE, name)

@@ -1,0 +1,174 @@
+"""Cluster bootstrap under the mock engine: init, pod network, joins, kubeconfig and provider."""
+
+from __future__ import annotations
+
+import base64
+import functools
+import shlex
+
+import pytest
+import yaml
+from harness import (
+    MOCK_TOKEN,
+    PROJECT,
+    SECRET_SIG,
+    STACKS,
+    ProgramRun,
+    Registration,
+    plain_strings,
+    run_program,
+)
+
+from components import versions
+
+COMMAND = "command:remote:Command"
+INSTANCE = "gcp:compute/instance:Instance"
+RELEASE = "kubernetes:helm.sh/v3:Release"
+PROVIDER = "pulumi:providers:kubernetes"
+
+
+@functools.cache
+def run(stack: str, preview: bool = False) -> ProgramRun:
+    return run_program(stack, preview)
+
+
+def command(program: ProgramRun, name: str) -> Registration:
+    return program.one(COMMAND, name)
+
+
+def args_of(create: str) -> dict[str, str]:
+    words = shlex.split(create)
+    words = words[words.index("--") + 1 :]
+    return dict(zip(words[::2], words[1::2], strict=True))
+
+
+def config_documents(registration: Registration) -> dict[str, dict]:
+    create = registration.inputs["create"]
+    create = create["value"] if isinstance(create, dict) else create
+    rendered = base64.b64decode(args_of(create)["--config-b64"]).decode()
+    return {doc["kind"]: doc for doc in yaml.safe_load_all(rendered)}
+
+
+def workers(program: ProgramRun) -> list[str]:
+    return sorted(r.inputs["name"] for r in program.of_type(INSTANCE) if "-worker-" in r.inputs["name"])
+
+
+@pytest.mark.parametrize("preview", [True, False], ids=["preview", "up"])
+@pytest.mark.parametrize("stack", STACKS)
+def test_every_stack_declares_init_pod_network_joins_and_secret_kubeconfig(stack, preview):
+    program = run(stack, preview)
+    cp = f"kata-mesh-{stack}-cp-0"
+    init = command(program, "cluster-init")
+    assert command(program, f"{cp}-provision-kubernetes").urn in init.dependencies
+    assert "kubeadm init --config" in init.inputs["stdin"]
+    assert "ignore-preflight-errors" not in init.inputs["stdin"]
+    for worker in workers(program):
+        join = command(program, f"{worker}-join")
+        token = command(program, f"{worker}-join-token")
+        assert token.urn in join.dependencies
+        assert init.urn in token.dependencies
+        assert command(program, f"{worker}-provision-kubernetes").urn in join.dependencies
+    assert len(program.of_type(RELEASE)) == 1
+    assert program.is_secret_output("kubeconfig")
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_workers_join_in_parallel_each_with_its_own_token(stack):
+    program = run(stack)
+    names = workers(program)
+    for worker in names:
+        mine = {command(program, f"{worker}-join").urn, command(program, f"{worker}-join-token").urn}
+        for other in names:
+            if other == worker:
+                continue
+            for registration in (command(program, f"{other}-join"), command(program, f"{other}-join-token")):
+                assert not mine & set(registration.dependencies), f"{other} waits for {worker}"
+        token = command(program, f"{worker}-join-token")
+        assert args_of(token.inputs["create"]) == {"--node-name": worker, "--ttl": "1h"}
+        assert "kubeadm token create" in token.inputs["stdin"]
+        assert "stdout" in token.additional_secret_outputs
+        assert token.inputs["logging"] == "stderr"
+
+
+def test_join_commands_and_the_kubeconfig_stay_secret():
+    program = run("staging")
+    for worker in workers(program):
+        join = command(program, f"{worker}-join")
+        assert join.raw_inputs["create"][SECRET_SIG], "the join command carries a token"
+        assert MOCK_TOKEN not in "".join(plain_strings(join.raw_inputs))
+    admin = command(program, "cluster-admin-conf")
+    assert admin.inputs["create"] == "sudo -n cat /etc/kubernetes/admin.conf"
+    assert "stdout" in admin.additional_secret_outputs
+    assert admin.inputs["logging"] == "none"
+    for registration in program.registrations:
+        assert not any("client-key-data" in s for s in plain_strings(registration.raw_inputs)), (
+            registration.urn
+        )
+    kubeconfig = yaml.safe_load(program.output("kubeconfig"))
+    external_ip = program.output("controlPlaneExternalIp")
+    assert kubeconfig["clusters"][0]["cluster"]["server"] == f"https://{external_ip}:6443"
+
+
+def test_the_provider_is_built_from_the_kubeconfig_and_deploys_flannel():
+    program = run("dev")
+    [provider] = program.of_type(PROVIDER)
+    assert provider.raw_inputs["kubeconfig"][SECRET_SIG]
+    assert provider.inputs["kubeconfig"]["value"] == program.output("kubeconfig")
+    [flannel] = program.of_type(RELEASE)
+    provider_ref = f"{provider.urn}::{program.states[provider.urn].get('id', provider.name + '-id')}"
+    assert flannel.provider.split("::")[:-1] == provider_ref.split("::")[:-1]
+    assert flannel.inputs["chart"] == "flannel"
+    assert flannel.inputs["version"] == versions.FLANNEL_CHART_VERSION
+    assert flannel.inputs["repositoryOpts"] == {"repo": "https://flannel-io.github.io/flannel/"}
+    assert flannel.inputs["namespace"] == "kube-flannel"
+    assert flannel.inputs["values"] == {"podCidr": "10.244.0.0/16", "flannel": {"backend": "vxlan"}}
+    namespace = program.one("kubernetes:core/v1:Namespace", "cluster-kube-flannel")
+    assert namespace.inputs["metadata"]["labels"] == {"pod-security.kubernetes.io/enforce": "privileged"}
+    assert namespace.urn in flannel.dependencies
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_everything_after_waits_until_every_node_is_ready(stack):
+    program = run(stack)
+    ready = command(program, "cluster-nodes-ready")
+    assert program.one(RELEASE, "cluster-flannel").urn in ready.dependencies
+    for worker in workers(program):
+        assert command(program, f"{worker}-join").urn in ready.dependencies
+    expected = " ".join([f"kata-mesh-{stack}-cp-0", *workers(program)])
+    assert args_of(ready.inputs["create"])["--node-names"] == expected
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_workers_carry_the_kata_label_and_the_control_plane_stays_tainted(stack):
+    program = run(stack)
+    init = config_documents(command(program, "cluster-init"))["InitConfiguration"]["nodeRegistration"]
+    assert "taints" not in init
+    assert all(arg["name"] != "node-labels" for arg in init["kubeletExtraArgs"])
+    for worker in workers(program):
+        join = config_documents(command(program, f"{worker}-join"))["JoinConfiguration"]
+        assert join["nodeRegistration"]["name"] == worker
+        labels = [
+            a["value"] for a in join["nodeRegistration"]["kubeletExtraArgs"] if a["name"] == "node-labels"
+        ]
+        assert labels == ["katacontainers.io/kata-runtime=true"]
+        assert join["discovery"]["bootstrapToken"]["token"] == MOCK_TOKEN
+
+
+def test_with_no_workers_the_control_plane_takes_kata_workloads():
+    program = run_program("dev", preview=False, overrides={f"{PROJECT}:workerCount": 0})
+    init = config_documents(command(program, "cluster-init"))["InitConfiguration"]["nodeRegistration"]
+    assert init["taints"] == []
+    assert {"name": "node-labels", "value": "katacontainers.io/kata-runtime=true"} in init["kubeletExtraArgs"]
+    assert [r.name for r in program.of_type(COMMAND) if r.name.endswith("-join")] == []
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_removing_a_worker_drains_it_first_best_effort(stack):
+    program = run(stack)
+    for worker in workers(program):
+        removal = command(program, f"{worker}-drain-on-removal")
+        assert removal.inputs["create"] == "cat >/dev/null"
+        assert args_of(removal.inputs["delete"]) == {"--node-name": worker, "--timeout-seconds": "120"}
+        assert "kubectl drain" in removal.inputs["stdin"]
+        assert command(program, f"{worker}-join").urn in removal.dependencies
+        assert removal.inputs["connection"]["value"]["host"] == program.output("controlPlaneExternalIp")
