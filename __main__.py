@@ -3,13 +3,16 @@
 import pulumi
 
 from components.cluster import ClusterArgs, KubeadmCluster
+from components.mesh import IstioMesh, MeshArgs
 from components.network import Network, NetworkArgs
 from components.node_provisioning import NodeProvisioning, NodeProvisioningArgs, ProvisioningSpec, node_steps
 from components.nodes import ClusterNodes, ClusterNodesArgs, MachineSpec
 from components.settings import load_settings
 from components.ssh_access import SshAccess, SshAccessArgs
+from components.workloads import HTTPBIN_PORT, HttpbinApp, HttpbinArgs, KataRuntimeClass
 
 settings = load_settings()
+gateway_node_port = settings.gateway_node_port if settings.ingress_gateway else None
 
 network = Network(
     "network",
@@ -19,6 +22,7 @@ network = Network(
         subnet_cidr=settings.subnet_cidr,
         ssh_allowed_cidrs=settings.ssh_allowed_cidrs,
         api_allowed_cidrs=settings.api_allowed_cidrs,
+        gateway_node_port=gateway_node_port,
     ),
 )
 ssh = SshAccess("ssh", SshAccessArgs(admin_user=settings.admin_user, private_key=settings.ssh_private_key))
@@ -78,6 +82,30 @@ cluster = KubeadmCluster(
     ),
 )
 
+mesh = IstioMesh(
+    "mesh",
+    MeshArgs(
+        istio_version=settings.istio_version,
+        provider=cluster.provider,
+        cluster_ready=cluster.ready,
+        gateway_node_port=gateway_node_port,
+    ),
+)
+kata_runtime = KataRuntimeClass("kata-runtime", cluster.provider, cluster.ready)
+app = HttpbinApp(
+    "httpbin",
+    HttpbinArgs(
+        namespace=settings.app_namespace,
+        image=settings.httpbin_image,
+        provider=cluster.provider,
+        runtime_class=kata_runtime.runtime_class,
+        mesh_ready=mesh.istiod,
+        runc_twin=settings.runc_twin,
+        gateway=settings.ingress_gateway,
+    ),
+    opts=pulumi.ResourceOptions(depends_on=[mesh.gateway] if mesh.gateway else None),
+)
+
 key_file = f"~/.ssh/{settings.name_prefix}"
 pulumi.export("controlPlaneExternalIp", nodes.control_plane.external_ip)
 pulumi.export(
@@ -95,3 +123,12 @@ pulumi.export(
 )
 pulumi.export("sshPrivateKey", ssh.private_key_openssh)
 pulumi.export("kubeconfig", cluster.kubeconfig)
+pulumi.export(
+    "httpbinUrl",
+    nodes.control_plane.external_ip.apply(lambda ip: f"http://{ip}:{gateway_node_port}/get")
+    if gateway_node_port is not None
+    else (
+        f"kubectl --kubeconfig kubeconfig -n {settings.app_namespace} port-forward svc/httpbin "
+        f"{HTTPBIN_PORT}:{HTTPBIN_PORT}  # then open http://localhost:{HTTPBIN_PORT}/get"
+    ),
+)

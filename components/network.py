@@ -22,6 +22,8 @@ class NetworkArgs:
     subnet_cidr: str
     ssh_allowed_cidrs: Sequence[str]
     api_allowed_cidrs: Sequence[str]
+    # The Istio ingress gateway's NodePort, opened to api_allowed_cidrs; None keeps it closed.
+    gateway_node_port: int | None = None
 
 
 class Network(pulumi.ComponentResource):
@@ -87,6 +89,18 @@ class Network(pulumi.ComponentResource):
             description="Kubernetes API from the listed CIDRs only",
             opts=child,
         )
+        if args.gateway_node_port is not None:
+            self.gateway_firewall = gcp.compute.Firewall(
+                f"{name}-allow-gateway",
+                name=f"{prefix}-allow-gateway",
+                network=self.network.id,
+                direction="INGRESS",
+                allows=[gcp.compute.FirewallAllowArgs(protocol="tcp", ports=[str(args.gateway_node_port)])],
+                source_ranges=list(args.api_allowed_cidrs),
+                target_tags=[NODE_TAG],
+                description="Istio ingress gateway (NodePort) from the listed CIDRs only",
+                opts=child,
+            )
         self.register_outputs(
             {"network": self.network.id, "subnet": self.subnet.id},
         )

@@ -38,6 +38,13 @@ PROJECT_KEYS = (
     "kubernetesVersion",
     "kataVersion",
     "artifactMirrorUrl",
+    "istioVersion",
+    "istioCni",
+    "ingressGateway",
+    "gatewayNodePort",
+    "appNamespace",
+    "httpbinImage",
+    "runcTwin",
 )
 # Provider keys every stack file sets.
 GCP_KEYS = ("gcp:region", "gcp:zone")
@@ -70,6 +77,16 @@ MACHINE_TYPE = re.compile(r"^(?P<series>[a-z][a-z0-9]*)-(?P<kind>[a-z]+)-(?P<cpu
 ZONE = re.compile(r"^(?P<region>[a-z]+-[a-z]+\d+)-[a-z]$")
 REGION = re.compile(r"^[a-z]+-[a-z]+\d+$")
 MIRROR_URL = re.compile(r"^https?://[^\s?#]+$")
+DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+RESERVED_NAMESPACES = (
+    "default",
+    "kube-system",
+    "kube-public",
+    "kube-node-lease",
+    "kube-flannel",
+    "istio-system",
+    "istio-ingress",
+)
 PRIVATE_KEY_HEADER = re.compile(r"^-----BEGIN (OPENSSH|RSA|EC) PRIVATE KEY-----")
 
 
@@ -118,6 +135,12 @@ class Settings:
     kubernetes_version: str
     kata_version: str
     artifact_mirror_url: str | None
+    istio_version: str
+    ingress_gateway: bool
+    gateway_node_port: int
+    app_namespace: str
+    httpbin_image: str
+    runc_twin: bool
     # A user-supplied key is plain text only here; components wrap it with Output.secret.
     ssh_private_key: str | None = field(default=None, repr=False)
 
@@ -321,6 +344,37 @@ def _check_versions(r: _Reader, kubernetes_version: str, kata_version: str) -> N
         )
 
 
+def _check_mesh(
+    r: _Reader, istio_version: str, istio_cni: bool, node_port: int, namespace: str, image: str
+) -> None:
+    istio = _version(r, "istioVersion", istio_version)
+    if istio and istio[:2] != versions.ISTIO_MINOR:
+        r.problem(
+            "istioVersion",
+            istio_version,
+            "use a 1.30.x release: its support range (Kubernetes 1.32-1.36) is the one this project pins",
+        )
+    if istio_cni:
+        r.problem(
+            "istioCni",
+            istio_cni,
+            "Istio CNI cannot redirect traffic for Kata pods: it writes iptables rules in the host-side "
+            "pod network namespace, which Kata's VM networking bypasses (kata-containers#4080, "
+            "istio#58913). Set it to false; sidecars then use the istio-init container, which works in "
+            "Kata 3.23+",
+        )
+    if not 30000 <= node_port <= 32767:
+        r.problem("gatewayNodePort", node_port, "must lie in Kubernetes' NodePort range 30000-32767")
+    if not DNS_LABEL.match(namespace) or namespace in RESERVED_NAMESPACES:
+        r.problem(
+            "appNamespace",
+            namespace,
+            f"must be a DNS label (lowercase letters, digits, dashes) other than {', '.join(RESERVED_NAMESPACES)}",
+        )
+    if not image or any(c.isspace() for c in image):
+        r.problem("httpbinImage", image, "must be an image reference such as docker.io/kennethreitz/httpbin")
+
+
 def parse_settings(raw: Mapping[str, str | None], stack: str) -> Settings:
     """Builds Settings from raw config strings, or raises SettingsError listing every problem."""
     r = _Reader(raw)
@@ -344,6 +398,13 @@ def parse_settings(raw: Mapping[str, str | None], stack: str) -> Settings:
     kubernetes_version = r.string("kubernetesVersion")
     kata_version = r.string("kataVersion")
     artifact_mirror_url = r.string("artifactMirrorUrl").rstrip("/") or None
+    istio_version = r.string("istioVersion")
+    istio_cni = r.boolean("istioCni")
+    ingress_gateway = r.boolean("ingressGateway")
+    gateway_node_port = r.integer("gatewayNodePort")
+    app_namespace = r.string("appNamespace")
+    httpbin_image = r.string("httpbinImage")
+    runc_twin = r.boolean("runcTwin")
 
     if not GCE_NAME.match(stack) or len(stack) > STACK_NAME_MAX:
         r.problem(
@@ -392,6 +453,8 @@ def parse_settings(raw: Mapping[str, str | None], stack: str) -> Settings:
             "must be an http(s) base URL without query, e.g. https://storage.googleapis.com/my-bucket/kata-mesh",
         )
 
+    _check_mesh(r, istio_version, istio_cni, gateway_node_port, app_namespace, httpbin_image)
+
     if r.problems:
         raise SettingsError(r.problems)
     return Settings(
@@ -415,6 +478,12 @@ def parse_settings(raw: Mapping[str, str | None], stack: str) -> Settings:
         kubernetes_version=kubernetes_version,
         kata_version=kata_version,
         artifact_mirror_url=artifact_mirror_url,
+        istio_version=istio_version,
+        ingress_gateway=ingress_gateway,
+        gateway_node_port=gateway_node_port,
+        app_namespace=app_namespace,
+        httpbin_image=httpbin_image,
+        runc_twin=runc_twin,
         ssh_private_key=ssh_private_key,
     )
 

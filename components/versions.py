@@ -74,6 +74,10 @@ FLANNEL_CHART = "flannel"
 FLANNEL_CHART_VERSION = "v0.28.9"
 FLANNEL_NAMESPACE = "kube-flannel"
 
+# Istio from its official Helm charts; 1.30 supports Kubernetes 1.32-1.36.
+ISTIO_CHART_REPOSITORY = "https://istio-release.storage.googleapis.com/charts"
+ISTIO_MINOR = (1, 30)
+
 # Kubernetes minors this project supports: kubeadm v1beta4 needs 1.31+, Istio 1.30 supports
 # 1.32-1.36, and pkgs.k8s.io serves one apt repository per minor.
 KUBERNETES_MINORS = range(32, 37)

@@ -68,7 +68,7 @@ def test_every_stack_declares_init_pod_network_joins_and_secret_kubeconfig(stack
         assert token.urn in join.dependencies
         assert init.urn in token.dependencies
         assert command(program, f"{worker}-provision-kubernetes").urn in join.dependencies
-    assert len(program.of_type(RELEASE)) == 1
+    program.one(RELEASE, "cluster-flannel")
     assert program.is_secret_output("kubeconfig")
 
 
@@ -114,7 +114,7 @@ def test_the_provider_is_built_from_the_kubeconfig_and_deploys_flannel():
     [provider] = program.of_type(PROVIDER)
     assert provider.raw_inputs["kubeconfig"][SECRET_SIG]
     assert provider.inputs["kubeconfig"]["value"] == program.output("kubeconfig")
-    [flannel] = program.of_type(RELEASE)
+    flannel = program.one(RELEASE, "cluster-flannel")
     provider_ref = f"{provider.urn}::{program.states[provider.urn].get('id', provider.name + '-id')}"
     assert flannel.provider.split("::")[:-1] == provider_ref.split("::")[:-1]
     assert flannel.inputs["chart"] == "flannel"

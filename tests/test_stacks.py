@@ -67,7 +67,14 @@ def test_every_vm_is_an_intel_ubuntu_vm_with_nested_virtualization(stack, previe
 @pytest.mark.parametrize("stack", STACKS)
 def test_firewall_opens_exactly_the_configured_cidrs_and_ports(stack, preview):
     rules = {r.name: r.inputs for r in run(stack, preview).of_type(FIREWALL)}
-    assert set(rules) == {"network-allow-internal", "network-allow-ssh", "network-allow-api"}
+    expected = {"network-allow-internal", "network-allow-ssh", "network-allow-api"}
+    if stack_file(stack).get(f"{PROJECT}:ingressGateway"):
+        expected.add("network-allow-gateway")
+        gateway = rules["network-allow-gateway"]
+        assert gateway["allows"] == [{"protocol": "tcp", "ports": ["30080"]}]
+        assert gateway["sourceRanges"] == API_CIDRS
+        assert gateway["targetTags"] == ["kata-mesh-node"]
+    assert set(rules) == expected
 
     internal = rules["network-allow-internal"]
     assert internal["allows"] == [{"protocol": "all"}]  # all protocols: VXLAN UDP 8472 included

@@ -1,0 +1,113 @@
+"""Istio from its official Helm charts: base, then istiod, then (optionally) an ingress gateway."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+from components import versions
+
+ISTIO_NAMESPACE = "istio-system"
+GATEWAY_NAMESPACE = "istio-ingress"
+GATEWAY_NAME = "istio-ingressgateway"
+# Helm waits this long for each release's resources to become ready.
+RELEASE_TIMEOUT_SECONDS = 600
+
+
+@dataclass(frozen=True)
+class MeshArgs:
+    istio_version: str
+    provider: k8s.Provider
+    # Nothing is installed before the cluster is ready for it.
+    cluster_ready: pulumi.Resource
+    gateway_node_port: int | None = None
+
+
+def istiod_values() -> dict:
+    """istiod's values: sidecar injection with istio-init; no CNI (it cannot redirect Kata pods)."""
+    return {
+        "pilot": {"cni": {"enabled": False}},
+        "global": {"proxy": {"holdApplicationUntilProxyStarts": True}},
+        "meshConfig": {"accessLogFile": "/dev/stdout"},
+    }
+
+
+def gateway_values(node_port: int) -> dict:
+    """The gateway chart defaults to a LoadBalancer Service, which nothing provides on kubeadm."""
+    return {
+        "service": {
+            "type": "NodePort",
+            "ports": [
+                {"name": "status-port", "port": 15021, "protocol": "TCP", "targetPort": 15021},
+                {"name": "http2", "port": 80, "protocol": "TCP", "targetPort": 80, "nodePort": node_port},
+            ],
+        }
+    }
+
+
+class IstioMesh(pulumi.ComponentResource):
+    base: k8s.helm.v3.Release
+    istiod: k8s.helm.v3.Release
+    gateway: k8s.helm.v3.Release | None
+
+    def __init__(self, name: str, args: MeshArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("kata-mesh:mesh:IstioMesh", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self, provider=args.provider)
+        namespace = k8s.core.v1.Namespace(
+            f"{name}-istio-system",
+            metadata=k8s.meta.v1.ObjectMetaArgs(name=ISTIO_NAMESPACE),
+            opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[args.cluster_ready])),
+        )
+        self.base = self._release(
+            f"{name}-base", "istio-base", "base", namespace, {}, args, child, [namespace]
+        )
+        self.istiod = self._release(
+            f"{name}-istiod", "istiod", "istiod", namespace, istiod_values(), args, child, [self.base]
+        )
+        self.gateway = None
+        if args.gateway_node_port is not None:
+            gateway_namespace = k8s.core.v1.Namespace(
+                f"{name}-istio-ingress",
+                metadata=k8s.meta.v1.ObjectMetaArgs(
+                    name=GATEWAY_NAMESPACE, labels={"istio-injection": "enabled"}
+                ),
+                opts=pulumi.ResourceOptions.merge(
+                    child, pulumi.ResourceOptions(depends_on=[args.cluster_ready])
+                ),
+            )
+            self.gateway = self._release(
+                f"{name}-gateway",
+                GATEWAY_NAME,
+                "gateway",
+                gateway_namespace,
+                gateway_values(args.gateway_node_port),
+                args,
+                child,
+                [self.istiod],
+            )
+        self.register_outputs({})
+
+    @staticmethod
+    def _release(
+        resource_name: str,
+        release_name: str,
+        chart: str,
+        namespace: k8s.core.v1.Namespace,
+        values: dict,
+        args: MeshArgs,
+        child: pulumi.ResourceOptions,
+        after: list[pulumi.Resource],
+    ) -> k8s.helm.v3.Release:
+        return k8s.helm.v3.Release(
+            resource_name,
+            name=release_name,
+            chart=chart,
+            version=args.istio_version,
+            repository_opts=k8s.helm.v3.RepositoryOptsArgs(repo=versions.ISTIO_CHART_REPOSITORY),
+            namespace=namespace.metadata.name,
+            values=values,
+            timeout=RELEASE_TIMEOUT_SECONDS,
+            opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=after)),
+        )
