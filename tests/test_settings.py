@@ -185,3 +185,20 @@ def test_every_problem_is_reported_at_once_with_key_value_and_fix():
     assert message.startswith("7 problem(s) in the stack settings")
     assert "machineType = 'e2-standard-4': E2 machines" in message
     assert "use an Intel series" in message
+
+
+def test_istio_cni_is_rejected_while_kata_workloads_are_meshed_with_the_reason():
+    message = problems(istioCni="true")["istioCni"]
+    assert "Istio CNI cannot redirect traffic for Kata pods" in message
+    assert "kata-containers#4080" in message
+    assert "Set it to false" in message
+
+
+def test_mesh_settings():
+    assert "1.30.x" in problems(istioVersion="1.29.2")["istioVersion"]
+    assert "30000-32767" in problems(gatewayNodePort="8080")["gatewayNodePort"]
+    assert "DNS label" in problems(appNamespace="istio-system")["appNamespace"]
+    assert "DNS label" in problems(appNamespace="Kata_Apps")["appNamespace"]
+    assert "image reference" in problems(httpbinImage="")["httpbinImage"]
+    settings = parse_settings(raw(ingressGateway="true", runcTwin="true"), "dev")
+    assert (settings.ingress_gateway, settings.runc_twin, settings.gateway_node_port) == (True, True, 30080)

@@ -1,0 +1,173 @@
+"""Istio, the RuntimeClass and httpbin under the mock engine, and a strict schema check of every
+Kubernetes object the program declares."""
+
+from __future__ import annotations
+
+import functools
+
+import kubernetes_validate
+import pytest
+from harness import OPERATOR_CONFIG, PROJECT, STACKS, ProgramRun, run_program
+
+RELEASE = "kubernetes:helm.sh/v3:Release"
+DEPLOYMENT = "kubernetes:apps/v1:Deployment"
+SERVICE = "kubernetes:core/v1:Service"
+ISTIO_REPO = {"repo": "https://istio-release.storage.googleapis.com/charts"}
+# Kinds the Kubernetes OpenAPI does not describe: Helm releases and Istio's custom resources.
+NOT_IN_KUBERNETES_SCHEMA = (
+    "kubernetes:helm.sh/",
+    "kubernetes:security.istio.io/",
+    "kubernetes:networking.istio.io/",
+)
+KUBERNETES_SCHEMA_VERSION = "1.36.0"
+
+
+@functools.cache
+def run(stack: str, preview: bool = False) -> ProgramRun:
+    return run_program(stack, preview)
+
+
+def as_manifest(value):
+    """Mock inputs arrive through protobuf, where every number is a float."""
+    if isinstance(value, dict):
+        return {k: as_manifest(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [as_manifest(v) for v in value]
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def kubernetes_objects(program: ProgramRun):
+    return [
+        r
+        for r in program.registrations
+        if r.custom and r.type.startswith("kubernetes:") and not r.type.startswith(NOT_IN_KUBERNETES_SCHEMA)
+    ]
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_every_declared_kubernetes_object_passes_the_strict_schema(stack):
+    objects = kubernetes_objects(run(stack))
+    assert {o.inputs["kind"] for o in objects} >= {
+        "Namespace",
+        "RuntimeClass",
+        "ServiceAccount",
+        "Service",
+        "Deployment",
+    }
+    for declared in objects:
+        manifest = as_manifest(declared.inputs)
+        kubernetes_validate.validate(manifest, KUBERNETES_SCHEMA_VERSION, strict=True)
+
+
+def test_the_strict_schema_check_catches_a_wrong_field():
+    deployment = as_manifest(run("dev").one(DEPLOYMENT, "httpbin-deployment").inputs)
+    deployment["spec"]["template"]["spec"]["runtimeClass"] = "kata-runtime"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, KUBERNETES_SCHEMA_VERSION, strict=True)
+
+
+@pytest.mark.parametrize("preview", [True, False], ids=["preview", "up"])
+@pytest.mark.parametrize("stack", STACKS)
+def test_istio_base_then_istiod_then_the_app_and_the_runtime_class_before_it(stack, preview):
+    program = run(stack, preview)
+    base, istiod = program.one(RELEASE, "mesh-base"), program.one(RELEASE, "mesh-istiod")
+    assert base.urn in istiod.dependencies
+    assert (
+        program.one("command:remote:Command", "cluster-nodes-ready").urn
+        in program.one("kubernetes:core/v1:Namespace", "mesh-istio-system").dependencies
+    )
+    runtime_class = program.one("kubernetes:node.k8s.io/v1:RuntimeClass", "kata-runtime")
+    deployment = program.one(DEPLOYMENT, "httpbin-deployment")
+    assert istiod.urn in deployment.dependencies
+    assert runtime_class.urn in deployment.dependencies
+    for release, chart in ((base, "base"), (istiod, "istiod")):
+        assert release.inputs["chart"] == chart
+        assert release.inputs["version"] == "1.30.4"
+        assert release.inputs["repositoryOpts"] == ISTIO_REPO
+        assert release.inputs["namespace"] == "istio-system" or preview
+    assert istiod.inputs["values"]["pilot"]["cni"]["enabled"] is False
+    assert not [r for r in program.of_type(RELEASE) if r.inputs["chart"] == "cni"]
+
+
+def test_the_runtime_class_runs_kata_with_overhead_on_kata_nodes():
+    runtime_class = run("dev").one("kubernetes:node.k8s.io/v1:RuntimeClass", "kata-runtime").inputs
+    assert runtime_class["metadata"]["name"] == "kata-runtime"
+    assert runtime_class["handler"] == "kata"
+    assert runtime_class["overhead"] == {"podFixed": {"cpu": "250m", "memory": "320Mi"}}
+    assert runtime_class["scheduling"] == {"nodeSelector": {"katacontainers.io/kata-runtime": "true"}}
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_httpbin_is_the_seeds_app_in_an_injected_namespace_with_strict_mtls(stack):
+    program = run(stack)
+    namespace = program.one("kubernetes:core/v1:Namespace", "httpbin-namespace").inputs["metadata"]
+    assert namespace == {"name": "httpbin", "labels": {"istio-injection": "enabled"}}
+    account = program.one("kubernetes:core/v1:ServiceAccount", "httpbin-service-account").inputs["metadata"]
+    assert account == {"name": "httpbin", "namespace": "httpbin"}
+    service = program.one(SERVICE, "httpbin-service").inputs
+    assert service["metadata"]["labels"] == {"app": "httpbin", "service": "httpbin"}
+    assert service["spec"] == {
+        "ports": [{"name": "http", "port": 8000, "targetPort": 80}],
+        "selector": {"app": "httpbin"},
+    }
+    deployment = program.one(DEPLOYMENT, "httpbin-deployment").inputs
+    labels = {"app": "httpbin", "version": "v1"}
+    assert deployment["spec"]["selector"] == {"matchLabels": labels}
+    pod = deployment["spec"]["template"]
+    assert pod["metadata"]["labels"] == labels
+    assert pod["spec"]["runtimeClassName"] == "kata-runtime"
+    assert pod["spec"]["serviceAccountName"] == "httpbin"
+    [container] = pod["spec"]["containers"]
+    assert container["image"] == "docker.io/kennethreitz/httpbin"
+    assert container["ports"] == [{"containerPort": 80}]
+    assert container["readinessProbe"]["httpGet"] == {"path": "/status/200", "port": 80}
+    assert container["resources"] == {
+        "requests": {"cpu": "100m", "memory": "128Mi"},
+        "limits": {"cpu": "500m", "memory": "256Mi"},
+    }
+    peer = program.one("kubernetes:security.istio.io/v1:PeerAuthentication", "httpbin-mtls-strict").inputs
+    assert peer["metadata"]["namespace"] == "httpbin"
+    assert peer["spec"] == {"mtls": {"mode": "STRICT"}}
+
+
+def test_dev_runs_a_runc_twin_in_the_same_mesh_and_the_others_do_not():
+    twin = run("dev").one(DEPLOYMENT, "httpbin-runc-deployment").inputs
+    assert twin["metadata"]["namespace"] == "httpbin"
+    assert "runtimeClassName" not in twin["spec"]["template"]["spec"]
+    assert twin["spec"]["template"]["metadata"]["labels"] == {"app": "httpbin-runc", "version": "v1"}
+    assert run("dev").one(SERVICE, "httpbin-runc-service").inputs["spec"]["selector"] == {
+        "app": "httpbin-runc"
+    }
+    for stack in ("staging", "prod"):
+        assert len(run(stack).of_type(DEPLOYMENT)) == 1
+
+
+def test_prod_exposes_httpbin_through_a_nodeport_gateway_only_to_allowed_cidrs():
+    program = run("prod")
+    gateway = program.one(RELEASE, "mesh-gateway")
+    assert gateway.inputs["chart"] == "gateway"
+    assert gateway.inputs["repositoryOpts"] == ISTIO_REPO
+    assert program.one(RELEASE, "mesh-istiod").urn in gateway.dependencies
+    service = gateway.inputs["values"]["service"]
+    assert service["type"] == "NodePort"
+    assert {"name": "http2", "port": 80, "protocol": "TCP", "targetPort": 80, "nodePort": 30080} in service[
+        "ports"
+    ]
+    route = program.one("kubernetes:networking.istio.io/v1:VirtualService", "httpbin-virtual-service").inputs
+    assert route["spec"]["http"] == [
+        {"route": [{"destination": {"host": "httpbin", "port": {"number": 8000}}}]}
+    ]
+    assert program.output("httpbinUrl") == f"http://{program.output('controlPlaneExternalIp')}:30080/get"
+    firewall = program.one("gcp:compute/firewall:Firewall", "network-allow-gateway").inputs
+    assert firewall["sourceRanges"] == OPERATOR_CONFIG[f"{PROJECT}:apiAllowedCidrs"]
+
+
+def test_without_a_gateway_the_output_is_a_port_forward_command():
+    assert (
+        run("dev")
+        .output("httpbinUrl")
+        .startswith("kubectl --kubeconfig kubeconfig -n httpbin port-forward svc/httpbin 8000:8000")
+    )
+    assert not [r for r in run("dev").of_type(RELEASE) if r.inputs["chart"] == "gateway"]
