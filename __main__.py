@@ -7,6 +7,7 @@ from components.mesh import IstioMesh, MeshArgs
 from components.network import Network, NetworkArgs
 from components.node_provisioning import NodeProvisioning, NodeProvisioningArgs, ProvisioningSpec, node_steps
 from components.nodes import ClusterNodes, ClusterNodesArgs, MachineSpec
+from components.proof import Proof, ProofArgs
 from components.settings import load_settings
 from components.ssh_access import SshAccess, SshAccessArgs
 from components.workloads import HTTPBIN_PORT, HttpbinApp, HttpbinArgs, KataRuntimeClass
@@ -106,6 +107,22 @@ app = HttpbinApp(
     opts=pulumi.ResourceOptions(depends_on=[mesh.gateway] if mesh.gateway else None),
 )
 
+proof = Proof(
+    "proof",
+    ProofArgs(
+        control_plane=nodes.control_plane,
+        nodes=nodes.all,
+        admin_user=settings.admin_user,
+        private_key=ssh.private_key_openssh,
+        namespace=settings.app_namespace,
+        app="httpbin",
+        runc_twin="httpbin-runc" if settings.runc_twin else None,
+        app_resources=[app],
+        app_fingerprint=app.fingerprint,
+        run_id=settings.verification_run,
+    ),
+)
+
 key_file = f"~/.ssh/{settings.name_prefix}"
 pulumi.export("controlPlaneExternalIp", nodes.control_plane.external_ip)
 pulumi.export(
@@ -132,3 +149,4 @@ pulumi.export(
         f"{HTTPBIN_PORT}:{HTTPBIN_PORT}  # then open http://localhost:{HTTPBIN_PORT}/get"
     ),
 )
+pulumi.export("verification", proof.report)

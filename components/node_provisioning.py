@@ -28,7 +28,8 @@ SYSCTLS = (
     "net.bridge.bridge-nf-call-iptables=1",
     "net.bridge.bridge-nf-call-ip6tables=1",
 )
-NODE_PACKAGES = ("ca-certificates", "curl", "gpg", "zstd", "conntrack", "socat")
+# jq: the verification scripts build their JSON reports with it.
+NODE_PACKAGES = ("ca-certificates", "curl", "gpg", "zstd", "conntrack", "socat", "jq")
 # The seed's five links from /opt/kata/bin into /usr/local/bin.
 KATA_LINKS = (
     "kata-runtime",

@@ -78,6 +78,9 @@ FLANNEL_NAMESPACE = "kube-flannel"
 ISTIO_CHART_REPOSITORY = "https://istio-release.storage.googleapis.com/charts"
 ISTIO_MINOR = (1, 30)
 
+# The in-mesh client the verification runs its request from (it gets its own sidecar).
+MESH_CLIENT_IMAGE = "docker.io/curlimages/curl:8.11.1"
+
 # Kubernetes minors this project supports: kubeadm v1beta4 needs 1.31+, Istio 1.30 supports
 # 1.32-1.36, and pkgs.k8s.io serves one apt repository per minor.
 KUBERNETES_MINORS = range(32, 37)

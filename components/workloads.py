@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 
 import pulumi
@@ -59,16 +61,24 @@ class HttpbinArgs:
     gateway: bool
 
 
+def app_fingerprint(args: HttpbinArgs) -> str:
+    """Changes whenever what the app's pods run changes, so the proof runs again."""
+    shape = [args.namespace, args.image, args.runc_twin, RUNTIME_CLASS, KATA_POD_OVERHEAD, HTTPBIN_RESOURCES]
+    return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()
+
+
 class HttpbinApp(pulumi.ComponentResource):
     """httpbin as the seed had it, in a namespace with sidecar injection and STRICT mutual TLS."""
 
     namespace: k8s.core.v1.Namespace
     deployment: k8s.apps.v1.Deployment
     twin: k8s.apps.v1.Deployment | None
+    fingerprint: str
 
     def __init__(self, name: str, args: HttpbinArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("kata-mesh:workloads:HttpbinApp", name, None, opts)
         self._args = args
+        self.fingerprint = app_fingerprint(args)
         self._child = pulumi.ResourceOptions(
             parent=self, provider=args.provider, depends_on=[args.mesh_ready]
         )

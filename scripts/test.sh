@@ -5,8 +5,9 @@ set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-# Debian's containerd loads the rendered 1.x config for real; zstd packs the test Kata release.
-debian_packages=(containerd zstd)
+# Debian's containerd loads the rendered 1.x config for real; zstd packs the test Kata release;
+# jq runs inside the verification scripts.
+debian_packages=(containerd zstd jq)
 missing=()
 for pkg in "${debian_packages[@]}"; do
   command -v "$pkg" >/dev/null || missing+=("$pkg")

@@ -65,6 +65,61 @@ users:
 """
 
 
+SAMPLES = ROOT / "tests" / "samples" / "verification"
+KATA_GUEST_KERNEL = "6.12.47"
+
+
+def sample(name: str) -> Any:
+    text = (SAMPLES / name).read_text()
+    return json.loads(text) if name.endswith(".json") else text
+
+
+def split_curl_output(text: str) -> dict[str, str]:
+    """What 96-mesh-facts.sh keeps of `curl -w '\\n%{http_code}'`: the body, and the status line."""
+    body, _, status = text.rpartition("\n")
+    return {"status": status, "body": body}
+
+
+def sample_facts(node: str, pods: str = "kubectl-get-pods.json", curl: str = "curl-get-mtls.txt") -> dict:
+    """The control plane's facts as 96-mesh-facts.sh assembles them, from recorded outputs."""
+    pod_list = sample(pods)
+    for item in pod_list["items"]:
+        item["spec"]["nodeName"] = node
+    kernels = {
+        item["metadata"]["name"]: KATA_GUEST_KERNEL
+        if item["spec"].get("runtimeClassName") == "kata-runtime"
+        else "6.8.0-1017-gcp"
+        for item in pod_list["items"]
+    }
+    return {
+        "pods": pod_list,
+        "nodes": sample("kubectl-get-nodes.json"),
+        "podKernels": kernels,
+        "request": split_curl_output(sample(curl)),
+    }
+
+
+def sample_evidence(node: str, processes: str = "ps-args-worker.txt") -> dict:
+    """One node's evidence as 95-kata-evidence.sh assembles it, from recorded outputs."""
+    pods = sample("crictl-pods.json")
+    inspect = {
+        item["id"]: sample(f"crictl-inspectp-{kind}.json")
+        for item, kind in zip(pods["items"], ("kata", "runc", "client"), strict=True)
+    }
+    memory = {
+        pods["items"][0]["metadata"]["uid"]: 412_000_000,
+        pods["items"][1]["metadata"]["uid"]: 38_000_000,
+    }
+    return {
+        "node": node,
+        "kernel": "6.8.0-1017-gcp",
+        "pods": pods,
+        "inspect": inspect,
+        "memory": memory,
+        "processes": sample(processes),
+    }
+
+
 def config_string(value: Any) -> str:
     """Renders a YAML config value the way the CLI hands it to the program."""
     if isinstance(value, bool):
@@ -119,7 +174,7 @@ class KataMeshMocks(pulumi_mocks.Mocks):
         elif args.typ == "gcp:serviceaccount/account:Account":
             state["email"] = f"{state['accountId']}@kata-mesh-test.iam.gserviceaccount.com"
         elif args.typ == "command:remote:Command":
-            state["stdout"] = self.command_stdout(state)
+            state["stdout"] = self.command_stdout(state, args.name)
         elif args.typ == "tls:index/privateKey:PrivateKey":
             state["privateKeyOpenssh"] = (
                 "-----BEGIN OPENSSH PRIVATE KEY-----\nmock\n-----END OPENSSH PRIVATE KEY-----\n"
@@ -128,7 +183,7 @@ class KataMeshMocks(pulumi_mocks.Mocks):
         return f"{name}-id", state
 
     @staticmethod
-    def command_stdout(state: dict[str, Any]) -> str:
+    def command_stdout(state: dict[str, Any], name: str) -> str:
         """What the remote commands print that the program reads back."""
 
         def text(key: str) -> str:
@@ -139,6 +194,11 @@ class KataMeshMocks(pulumi_mocks.Mocks):
             return f"kubeadm join 10.10.0.2:6443 --token {MOCK_TOKEN} --discovery-token-ca-cert-hash {MOCK_CA_HASH} \n"
         if text("create").endswith("cat /etc/kubernetes/admin.conf"):
             return MOCK_ADMIN_CONF
+        stack = pulumi.get_stack()
+        if name.endswith("-kata-evidence"):
+            return json.dumps(sample_evidence(name.removesuffix("-kata-evidence")))
+        if name.endswith("-mesh-facts"):
+            return json.dumps(sample_facts(f"kata-mesh-{stack}-worker-0"))
         return ""
 
     def call(self, args: pulumi_mocks.MockCallArgs) -> tuple[dict, list[tuple[str, str]]]:

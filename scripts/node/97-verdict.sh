@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Control plane, last: prints the verification report the program computed and fails the deploy
+# unless every check passed.
+set -euo pipefail
+if ! declare -F km_parse_args >/dev/null; then
+  # shellcheck source=lib.sh
+  . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+fi
+
+arg_report_b64=""
+arg_passed=""
+km_parse_args "$@"
+km_require_args report_b64 passed
+
+base64 -d <<<"$arg_report_b64"
+if [[ $arg_passed != true ]]; then
+  km_die "verification failed: the app is not proven to run in a Kata VM with its sidecar and mutual TLS (see the report above)"
+fi
+km_log "verification passed"

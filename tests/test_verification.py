@@ -1,0 +1,265 @@
+"""The proof: its verdicts on recorded kubectl/crictl/curl outputs, its scripts run against those
+recordings, and its place in every stack under the mock engine."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shlex
+import subprocess
+from pathlib import Path
+
+import pytest
+from harness import (
+    KATA_GUEST_KERNEL,
+    PROJECT,
+    SAMPLES,
+    STACKS,
+    run_program,
+    sample,
+    sample_evidence,
+    sample_facts,
+)
+
+from components.node_provisioning import NodeStep
+from components.verification import containers_ready, process_counts, verify
+
+NODE = "kata-mesh-dev-worker-0"
+COMMAND = "command:remote:Command"
+
+
+def problems_of(report) -> str:
+    return "\n".join(report.problems)
+
+
+# --- Verdicts on recorded samples --------------------------------------------------------------
+
+
+def test_a_kata_pod_with_its_sidecar_answering_over_mtls_passes_and_is_measured_beside_runc():
+    report = verify(sample_facts(NODE), [sample_evidence(NODE)], "httpbin", "httpbin-runc")
+    assert report.passed, report.problems
+    kata, runc = report.details["kata"], report.details["runc"]
+    assert kata["runtimeHandler"] == "kata"
+    assert kata["ready"] == "2/2" and kata["sidecar"] is True
+    assert (kata["podKernel"], kata["nodeKernel"]) == (KATA_GUEST_KERNEL, "6.8.0-1017-gcp")
+    assert kata["processes"]["containerd-shim-kata-v2"] == kata["processes"]["qemu-system-x86_64"] == 1
+    assert (kata["startupSeconds"], runc["startupSeconds"]) == (30.0, 8.0)
+    assert report.details["kataCostBesideRunc"] == {"startupSeconds": 22.0, "memoryBytes": 374_000_000}
+    assert runc["runtimeHandler"] == ""
+    assert report.details["request"] == {"status": 200, "mutualTls": True}
+
+
+def test_a_pod_that_runs_under_runc_fails():
+    facts = sample_facts(NODE)
+    for pod in facts["pods"]["items"]:
+        pod["spec"].pop("runtimeClassName", None)
+    facts["podKernels"] = dict.fromkeys(facts["podKernels"], "6.8.0-1017-gcp")
+    evidence = sample_evidence(NODE, processes="ps-args-no-kata.txt")
+    kata_sandbox = evidence["pods"]["items"][0]
+    kata_sandbox["runtimeHandler"] = ""
+    evidence["inspect"][kata_sandbox["id"]] = sample("crictl-inspectp-runc.json")
+    report = verify(facts, [evidence], "httpbin", None)
+    assert not report.passed
+    found = problems_of(report)
+    assert "runs under runtime handler '', not 'kata'" in found
+    assert "kernel (6.8.0-1017-gcp) is not its own" in found
+    assert f"no containerd-shim-kata-v2 process on {NODE}" in found
+    assert f"no qemu-system-x86_64 process on {NODE}" in found
+
+
+def test_a_pod_without_its_sidecar_fails():
+    facts = sample_facts(NODE, pods="kubectl-get-pods-no-sidecar.json")
+    report = verify(facts, [sample_evidence(NODE)], "httpbin", None)
+    found = problems_of(report)
+    assert "has no istio-proxy sidecar" in found
+    assert "is 1/1 ready, not 2/2" in found
+
+
+def test_a_failed_request_fails():
+    report = verify(sample_facts(NODE, curl="curl-get-failed.txt"), [sample_evidence(NODE)], "httpbin", None)
+    assert problems_of(report) == "the in-mesh request to httpbin answered 503, not 200"
+    assert report.details["request"] == {"status": 503, "mutualTls": False}
+
+
+def test_a_request_without_mutual_tls_fails():
+    report = verify(
+        sample_facts(NODE, curl="curl-get-plaintext.txt"), [sample_evidence(NODE)], "httpbin", None
+    )
+    assert "without mutual TLS" in problems_of(report)
+
+
+def test_a_missing_pod_or_node_evidence_fails_clearly():
+    assert "no httpbin pod found" in problems_of(verify({"pods": {"items": []}}, [], "httpbin", None))
+    report = verify(sample_facts(NODE), [sample_evidence("another-node")], "httpbin", None)
+    assert f"no runtime evidence from node {NODE}" in problems_of(report)
+
+
+def test_ready_counts_native_sidecars_like_kubectl_does():
+    pods = sample("kubectl-get-pods.json")["items"]
+    assert containers_ready(pods[0]) == (2, 2, True)
+    assert process_counts("/opt/kata/bin/qemu-system-x86_64 -name x\n/usr/local/bin/containerd\n") == {
+        "containerd-shim-kata-v2": 0,
+        "qemu-system-x86_64": 1,
+        "virtiofsd": 0,
+        "containerd-shim-runc-v2": 0,
+    }
+
+
+# --- The scripts, run against the recordings ---------------------------------------------------
+
+
+def fake_tools(tmp_path: Path, tools: dict[str, str]) -> dict[str, str]:
+    """Puts replaying stand-ins for the cluster's CLIs first on PATH; jq, bash, coreutils stay real."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, body in tools.items():
+        tool = bin_dir / name
+        tool.write_text(f"#!/usr/bin/env bash\n{body}\n")
+        tool.chmod(0o755)
+    return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SAMPLES": str(SAMPLES)}
+
+
+def run_script(
+    script: str, args: tuple[tuple[str, str], ...], env: dict[str, str]
+) -> subprocess.CompletedProcess[str]:
+    step = NodeStep(script, script, args)
+    command = step.command_line.removeprefix("sudo -n ")
+    return subprocess.run(
+        ["bash", "-c", command], input=step.script_text, capture_output=True, text=True, env=env
+    )
+
+
+@pytest.fixture
+def jq() -> None:
+    if subprocess.run(["which", "jq"], capture_output=True).returncode != 0:
+        if os.environ.get("CI"):
+            pytest.fail("jq is not installed; scripts/test.sh installs Debian's package")
+        pytest.skip("jq not installed (scripts/test.sh installs it when run as root)")
+
+
+def test_the_evidence_script_turns_crictl_and_ps_output_into_what_the_verdict_reads(tmp_path, jq):
+    pods = sample("crictl-pods.json")["items"]
+    env = fake_tools(
+        tmp_path,
+        {
+            "crictl": f"""case "$1 $*" in
+  "pods "*) cat "$SAMPLES/crictl-pods.json" ;;
+  *{pods[0]["id"]}*) cat "$SAMPLES/crictl-inspectp-kata.json" ;;
+  *{pods[1]["id"]}*) cat "$SAMPLES/crictl-inspectp-runc.json" ;;
+  *{pods[2]["id"]}*) cat "$SAMPLES/crictl-inspectp-client.json" ;;
+  *) echo "unexpected: crictl $*" >&2; exit 1 ;;
+esac""",
+            "ps": 'cat "$SAMPLES/ps-args-worker.txt"',
+            "hostname": f"echo {NODE}",
+            "uname": "echo 6.8.0-1017-gcp",
+        },
+    )
+    cgroups = tmp_path / "kubepods.slice" / "kubepods-burstable.slice"
+    kata_uid = pods[0]["metadata"]["uid"]
+    pod_cgroup = cgroups / f"kubepods-burstable-pod{kata_uid.replace('-', '_')}.slice"
+    pod_cgroup.mkdir(parents=True)
+    (pod_cgroup / "memory.current").write_text("412000000\n")
+
+    result = run_script(
+        "95-kata-evidence.sh",
+        (("namespace", "httpbin"), ("cgroup-root", str(tmp_path / "kubepods.slice"))),
+        env,
+    )
+    assert result.returncode == 0, result.stderr
+    evidence = json.loads(result.stdout)
+    assert evidence["node"] == NODE
+    assert evidence["memory"] == {kata_uid: 412000000}
+    assert evidence["inspect"][pods[0]["id"]]["status"]["runtimeHandler"] == "kata"
+    report = verify(sample_facts(NODE), [evidence], "httpbin", None)
+    assert report.passed, report.problems
+
+
+def fake_kubectl(curl_sample: str) -> str:
+    return f"""case "$*" in
+  *"rollout status"* | *"get pod mesh-client"* | *"wait --for=condition=Ready pod/mesh-client"*) ;;
+  *"exec mesh-client"*) cat "$SAMPLES/{curl_sample}" ;;
+  *"get pods -l app=httpbin -o jsonpath"*) printf httpbin-6b8f7c9d4-x2x7k ;;
+  *"exec httpbin-6b8f7c9d4-x2x7k"*) echo {KATA_GUEST_KERNEL} ;;
+  *"get pods -o json"*) cat "$SAMPLES/kubectl-get-pods.json" ;;
+  *"get nodes -o json"*) cat "$SAMPLES/kubectl-get-nodes.json" ;;
+  *) echo "unexpected: kubectl $*" >&2; exit 1 ;;
+esac"""
+
+
+@pytest.mark.parametrize(
+    ("curl_sample", "passes"), [("curl-get-mtls.txt", True), ("curl-get-failed.txt", False)]
+)
+def test_the_facts_script_turns_kubectl_and_curl_output_into_what_the_verdict_reads(
+    tmp_path, jq, curl_sample, passes
+):
+    env = fake_tools(tmp_path, {"kubectl": fake_kubectl(curl_sample)})
+    result = run_script(
+        "96-mesh-facts.sh",
+        (
+            ("namespace", "httpbin"),
+            ("apps", "httpbin"),
+            ("client-image", "docker.io/curlimages/curl:8.11.1"),
+            ("url", "http://httpbin.httpbin:8000/get"),
+            ("timeout-seconds", "5"),
+        ),
+        env,
+    )
+    assert result.returncode == 0, result.stderr
+    facts = json.loads(result.stdout)
+    assert facts["podKernels"] == {"httpbin-6b8f7c9d4-x2x7k": KATA_GUEST_KERNEL}
+    report = verify(facts, [sample_evidence(NODE)], "httpbin", None)
+    assert report.passed is passes, report.problems
+
+
+@pytest.mark.parametrize("passed", [True, False])
+def test_the_verdict_script_prints_the_report_and_fails_the_deploy_unless_it_passed(passed):
+    report = json.dumps({"passed": passed, "problems": [] if passed else ["x"]})
+    args = (("report-b64", base64.b64encode(report.encode()).decode()), ("passed", str(passed).lower()))
+    result = run_script("97-verdict.sh", args, dict(os.environ))
+    assert result.stdout.strip() == report
+    assert result.returncode == (0 if passed else 1)
+    if not passed:
+        assert "verification failed" in result.stderr
+
+
+# --- Under the mock engine ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_every_stack_ends_with_the_proof_after_the_app(stack):
+    program = run_program(stack, preview=False)
+    facts = program.one(COMMAND, "proof-mesh-facts")
+    deployment = program.one("kubernetes:apps/v1:Deployment", "httpbin-deployment")
+    assert deployment.urn in facts.dependencies
+    gate = program.one(COMMAND, "proof-verdict")
+    nodes = [r.inputs["name"] for r in program.of_type("gcp:compute/instance:Instance")]
+    for node in nodes:
+        evidence = program.one(COMMAND, f"{node}-kata-evidence")
+        assert facts.urn in evidence.dependencies
+        assert evidence.urn in gate.dependencies
+        assert evidence.inputs["connection"]["value"]["host"] == program.output("nodes")[node]["externalIp"]
+    words = shlex.split(gate.inputs["create"])
+    words = words[words.index("--") + 1 :]
+    args = dict(zip(words[::2], words[1::2], strict=True))
+    assert args["--passed"] == "true"
+    assert json.loads(base64.b64decode(args["--report-b64"])) == program.output("verification")
+    assert program.output("verification")["passed"] is True
+
+
+def triggers(program, name: str) -> list:
+    return program.one(COMMAND, name).inputs["triggers"]
+
+
+def test_the_proof_runs_again_when_the_app_changes_or_when_asked_and_not_otherwise():
+    names = ["proof-mesh-facts", "kata-mesh-dev-cp-0-kata-evidence", "proof-verdict"]
+    base = run_program("dev", preview=False)
+    same = run_program("dev", preview=False)
+    image = run_program(
+        "dev", preview=False, overrides={f"{PROJECT}:httpbinImage": "docker.io/mccutchen/go-httpbin:v2.15.0"}
+    )
+    asked = run_program("dev", preview=False, overrides={f"{PROJECT}:verificationRun": "1764104531"})
+    for name in names:
+        assert triggers(base, name) == triggers(same, name)
+        assert triggers(base, name) != triggers(image, name)
+        assert triggers(base, name) != triggers(asked, name)
