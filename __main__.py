@@ -2,6 +2,7 @@
 
 import pulumi
 
+from components.bookinfo import Bookinfo, BookinfoArgs
 from components.cluster import ClusterArgs, KubeadmCluster
 from components.mesh import IstioMesh, MeshArgs
 from components.network import Network, NetworkArgs
@@ -107,6 +108,16 @@ app = HttpbinApp(
     opts=pulumi.ResourceOptions(depends_on=[mesh.gateway] if mesh.gateway else None),
 )
 
+if settings.bookinfo:
+    Bookinfo(
+        "bookinfo",
+        BookinfoArgs(
+            namespace="bookinfo",
+            provider=cluster.provider,
+            runtime_class=kata_runtime.runtime_class,
+            mesh_ready=mesh.istiod,
+        ),
+    )
 proof = Proof(
     "proof",
     ProofArgs(

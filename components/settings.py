@@ -45,6 +45,7 @@ PROJECT_KEYS = (
     "appNamespace",
     "httpbinImage",
     "runcTwin",
+    "bookinfo",
     "verificationRun",
 )
 # Provider keys every stack file sets.
@@ -142,6 +143,7 @@ class Settings:
     app_namespace: str
     httpbin_image: str
     runc_twin: bool
+    bookinfo: bool
     verification_run: str
     # A user-supplied key is plain text only here; components wrap it with Output.secret.
     ssh_private_key: str | None = field(default=None, repr=False)
@@ -407,6 +409,7 @@ def parse_settings(raw: Mapping[str, str | None], stack: str) -> Settings:
     app_namespace = r.string("appNamespace")
     httpbin_image = r.string("httpbinImage")
     runc_twin = r.boolean("runcTwin")
+    bookinfo = r.boolean("bookinfo")
     verification_run = r.string("verificationRun")
 
     if not GCE_NAME.match(stack) or len(stack) > STACK_NAME_MAX:
@@ -487,6 +490,7 @@ def parse_settings(raw: Mapping[str, str | None], stack: str) -> Settings:
         app_namespace=app_namespace,
         httpbin_image=httpbin_image,
         runc_twin=runc_twin,
+        bookinfo=bookinfo,
         verification_run=verification_run,
         ssh_private_key=ssh_private_key,
     )

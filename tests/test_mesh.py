@@ -141,7 +141,37 @@ def test_dev_runs_a_runc_twin_in_the_same_mesh_and_the_others_do_not():
         "app": "httpbin-runc"
     }
     for stack in ("staging", "prod"):
-        assert len(run(stack).of_type(DEPLOYMENT)) == 1
+        assert [r.name for r in run(stack).of_type(DEPLOYMENT) if r.name.startswith("httpbin")] == [
+            "httpbin-deployment"
+        ]
+
+
+def test_staging_runs_bookinfo_every_workload_in_kata_in_an_injected_namespace():
+    program = run("staging")
+    namespace = program.one("kubernetes:core/v1:Namespace", "bookinfo-namespace").inputs["metadata"]
+    assert namespace == {"name": "bookinfo", "labels": {"istio-injection": "enabled"}}
+    deployments = {
+        r.inputs["metadata"]["name"]: r for r in program.of_type(DEPLOYMENT) if r.name.startswith("bookinfo-")
+    }
+    assert sorted(deployments) == [
+        "details-v1",
+        "productpage-v1",
+        "ratings-v1",
+        "reviews-v1",
+        "reviews-v2",
+        "reviews-v3",
+    ]
+    runtime_class = program.one("kubernetes:node.k8s.io/v1:RuntimeClass", "kata-runtime")
+    for deployment in deployments.values():
+        assert deployment.inputs["metadata"]["namespace"] == "bookinfo"
+        assert deployment.inputs["spec"]["template"]["spec"]["runtimeClassName"] == "kata-runtime"
+        assert runtime_class.urn in deployment.dependencies
+        assert program.one(RELEASE, "mesh-istiod").urn in deployment.dependencies
+    services = sorted(
+        r.inputs["metadata"]["name"] for r in program.of_type(SERVICE) if r.name.startswith("bookinfo-")
+    )
+    assert services == ["details", "productpage", "ratings", "reviews"]
+    assert not [r for r in run("dev").registrations if r.name.startswith("bookinfo-")]
 
 
 def test_prod_exposes_httpbin_through_a_nodeport_gateway_only_to_allowed_cidrs():
