@@ -29,8 +29,8 @@ def istiod_values() -> dict:
     """istiod's values: sidecar injection with istio-init; no CNI (it cannot redirect Kata pods)."""
     return {
         "pilot": {"cni": {"enabled": False}},
-        "global": {"proxy": {"holdApplicationUntilProxyStarts": True}},
-        "meshConfig": {"accessLogFile": "/dev/stdout"},
+        # The app starts only once its proxy is up, so its first requests do not fail.
+        "meshConfig": {"accessLogFile": "/dev/stdout", "defaultConfig": {"holdApplicationUntilProxyStarts": True}},
     }
 
 

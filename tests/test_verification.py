@@ -177,9 +177,10 @@ esac""",
 
 def fake_kubectl(curl_sample: str) -> str:
     return f"""case "$*" in
-  *"rollout status"* | *"get pod mesh-client"* | *"wait --for=condition=Ready pod/mesh-client"*) ;;
+  *"rollout status"* | *"delete pod mesh-client"* | *"run mesh-client"*) ;;
+  *"wait --for=condition=Ready pod/mesh-client"*) ;;
   *"exec mesh-client"*) cat "$SAMPLES/{curl_sample}" ;;
-  *"get pods -l app=httpbin -o jsonpath"*) printf httpbin-6b8f7c9d4-x2x7k ;;
+  *"get pods -l app=httpbin -o json"*) cat "$SAMPLES/kubectl-get-pods.json" ;;
   *"exec httpbin-6b8f7c9d4-x2x7k"*) echo {KATA_GUEST_KERNEL} ;;
   *"get pods -o json"*) cat "$SAMPLES/kubectl-get-pods.json" ;;
   *"get nodes -o json"*) cat "$SAMPLES/kubectl-get-nodes.json" ;;

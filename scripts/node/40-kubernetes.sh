@@ -35,7 +35,7 @@ for pkg in "${packages[@]}"; do
   [[ $version == "$arg_kubernetes_version"-* ]] || installed_all=false
 done
 if ! $installed_all; then
-  km_apt update
+  km_apt_update
   apt-mark unhold "${packages[@]}" >/dev/null 2>&1 || true
   km_apt install -y --no-install-recommends --allow-change-held-packages \
     "${packages[@]/%/=$arg_kubernetes_version-*}"

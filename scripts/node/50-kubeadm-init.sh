@@ -18,7 +18,9 @@ if [[ -f /etc/kubernetes/admin.conf ]]; then
     km_log "cluster exists; kubeadm init does not re-apply a changed config (that is kubeadm upgrade's job)"
   fi
 else
-  kubeadm init --config "$config_file" || km_die "kubeadm init failed; see the output above"
+  # --skip-token-print: init's own 24 h token would otherwise land in the logs; workers get
+  # their own short-lived tokens from the join-token step.
+  kubeadm init --config "$config_file" --skip-token-print || km_die "kubeadm init failed; see the output above"
 fi
 
 export KUBECONFIG=/etc/kubernetes/admin.conf

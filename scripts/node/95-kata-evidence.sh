@@ -14,24 +14,32 @@ arg_cgroup_root=""
 km_parse_args "$@"
 km_require_args namespace cgroup_root
 
-pods=$(crictl pods --namespace "$arg_namespace" --state ready -o json)
-inspected="{}"
-memory="{}"
-for id in $(jq -r '.items[].id' <<<"$pods"); do
-  inspected=$(jq --arg id "$id" --argjson doc "$(crictl inspectp -o json "$id")" '. + {($id): $doc}' <<<"$inspected")
-  uid=$(jq -r --arg id "$id" '.items[] | select(.id == $id) | .metadata.uid' <<<"$pods")
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+# Documents go through files, not arguments: they can outgrow an argument's size limit.
+crictl pods --namespace "$arg_namespace" --state ready -o json >"$work/pods.json"
+echo '{}' >"$work/inspect.json"
+echo '{}' >"$work/memory.json"
+for id in $(jq -r '.items[].id' "$work/pods.json"); do
+  crictl inspectp -o json "$id" >"$work/sandbox.json"
+  jq --arg id "$id" --slurpfile doc "$work/sandbox.json" '. + {($id): $doc[0]}' "$work/inspect.json" >"$work/next.json"
+  mv "$work/next.json" "$work/inspect.json"
+  uid=$(jq -r --arg id "$id" '.items[] | select(.id == $id) | .metadata.uid' "$work/pods.json")
   # The pod's cgroup (systemd driver); Kata runs its VM inside it, so this counts the VM too.
   cgroup=$(find "$arg_cgroup_root" -maxdepth 2 -type d -name "*pod${uid//-/_}.slice" -print -quit 2>/dev/null || true)
   if [[ -n $cgroup && -r $cgroup/memory.current ]]; then
-    memory=$(jq --arg uid "$uid" --argjson bytes "$(<"$cgroup/memory.current")" '. + {($uid): $bytes}' <<<"$memory")
+    jq --arg uid "$uid" --argjson bytes "$(<"$cgroup/memory.current")" '. + {($uid): $bytes}' \
+      "$work/memory.json" >"$work/next.json"
+    mv "$work/next.json" "$work/memory.json"
   fi
 done
+ps -e -o args= >"$work/processes"
 
 jq -n \
   --arg node "$(hostname)" \
   --arg kernel "$(uname -r)" \
-  --argjson pods "$pods" \
-  --argjson inspect "$inspected" \
-  --argjson memory "$memory" \
-  --arg processes "$(ps -e -o args=)" \
-  '{node: $node, kernel: $kernel, pods: $pods, inspect: $inspect, memory: $memory, processes: $processes}'
+  --slurpfile pods "$work/pods.json" \
+  --slurpfile inspect "$work/inspect.json" \
+  --slurpfile memory "$work/memory.json" \
+  --rawfile processes "$work/processes" \
+  '{node: $node, kernel: $kernel, pods: $pods[0], inspect: $inspect[0], memory: $memory[0], processes: $processes}'

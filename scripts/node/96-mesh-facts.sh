@@ -25,31 +25,42 @@ for app in "${apps[@]}"; do
     km_log "deployment $app did not roll out; reporting what there is"
 done
 
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
 # The in-mesh client: a pod in the injected namespace, so its request leaves through a sidecar.
-if ! kubectl -n "$ns" get pod mesh-client >/dev/null 2>&1; then
-  kubectl -n "$ns" run mesh-client --image="$arg_client_image" --restart=Never \
-    --labels=app=mesh-client --command -- sleep 86400 >&2
-fi
+# Made afresh each run, so an old one (its sleep over) is never reused.
+kubectl -n "$ns" delete pod mesh-client --ignore-not-found --wait=true >&2
+kubectl -n "$ns" run mesh-client --image="$arg_client_image" --restart=Never \
+  --labels=app=mesh-client --command -- sleep 3600 >&2
 kubectl -n "$ns" wait --for=condition=Ready pod/mesh-client --timeout="$timeout" >&2 ||
   km_log "the mesh client pod is not Ready"
 
 response=$(kubectl -n "$ns" exec mesh-client -c mesh-client -- \
   curl -sS --max-time 20 -w '\n%{http_code}' "$arg_url" 2>&1) || true
-status=${response##*$'\n'}
-body=${response%$'\n'*}
+printf '%s' "${response##*$'\n'}" >"$work/status"
+printf '%s' "${response%$'\n'*}" >"$work/body"
 
-kernels="{}"
+# The kernel inside each app's pod: the newest one not being deleted, as the verdict picks it.
+echo '{}' >"$work/kernels.json"
 for app in "${apps[@]}"; do
-  pod=$(kubectl -n "$ns" get pods -l "app=$app" -o jsonpath='{.items[0].metadata.name}' 2>/dev/null || true)
+  kubectl -n "$ns" get pods -l "app=$app" -o json >"$work/app-pods.json"
+  pod=$(jq -r --arg app "$app" '[.items[] | select(.metadata.labels.app == $app)
+    | select(.metadata.deletionTimestamp == null)] | sort_by(.metadata.creationTimestamp)
+    | last | .metadata.name // empty' "$work/app-pods.json")
   [[ -n $pod ]] || continue
   kernel=$(kubectl -n "$ns" exec "$pod" -c httpbin -- uname -r 2>/dev/null || true)
-  kernels=$(jq --arg pod "$pod" --arg kernel "$kernel" '. + {($pod): $kernel}' <<<"$kernels")
+  jq --arg pod "$pod" --arg kernel "$kernel" '. + {($pod): $kernel}' "$work/kernels.json" >"$work/next.json"
+  mv "$work/next.json" "$work/kernels.json"
 done
 
+# Documents go through files, not arguments: a big cluster's JSON outgrows an argument's limit.
+kubectl -n "$ns" get pods -o json >"$work/pods.json"
+kubectl get nodes -o json >"$work/nodes.json"
 jq -n \
-  --argjson pods "$(kubectl -n "$ns" get pods -o json)" \
-  --argjson nodes "$(kubectl get nodes -o json)" \
-  --argjson kernels "$kernels" \
-  --arg status "$status" \
-  --arg body "$body" \
-  '{pods: $pods, nodes: $nodes, podKernels: $kernels, request: {status: $status, body: $body}}'
+  --slurpfile pods "$work/pods.json" \
+  --slurpfile nodes "$work/nodes.json" \
+  --slurpfile kernels "$work/kernels.json" \
+  --rawfile status "$work/status" \
+  --rawfile body "$work/body" \
+  '{pods: $pods[0], nodes: $nodes[0], podKernels: $kernels[0], request: {status: $status, body: $body}}'

@@ -91,6 +91,17 @@ km_apt() {
   DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 -q "$@"
 }
 
+# apt-get update takes the lists lock, which Lock::Timeout does not cover while apt-daily runs.
+km_apt_update() {
+  local attempt
+  for attempt in 1 2 3 4 5 6; do
+    km_apt update && return 0
+    km_log "apt-get update failed (attempt $attempt); retrying"
+    sleep $((attempt * 10))
+  done
+  km_die "apt-get update keeps failing"
+}
+
 # km_apt_ensure PACKAGE...: installs the packages that are missing, refreshing the index once.
 km_apt_ensure() {
   local pkg missing=()
@@ -98,6 +109,6 @@ km_apt_ensure() {
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
   done
   ((${#missing[@]} == 0)) && return 0
-  km_apt update
+  km_apt_update
   km_apt install -y --no-install-recommends "${missing[@]}"
 }
