@@ -173,8 +173,8 @@ class KubeadmCluster(pulumi.ComponentResource):
             ),
             cp_connection,
             pulumi.ResourceOptions(parent=self, depends_on=[self.init]),
-            # A new or replaced worker gets a fresh token, whenever it comes.
-            extra_triggers=[worker.instance_id],
+            # A new or replaced worker (or a new control plane) gets a fresh token, whenever it comes.
+            extra_triggers=[worker.instance_id, self.init.id],
             secret_stdout=True,
         )
         # The engine marks stdout secret (additional_secret_outputs); say so here as well, so the
@@ -197,8 +197,8 @@ class KubeadmCluster(pulumi.ComponentResource):
             NodeStep("kubeadm-join", "70-kubeadm-join.sh", ()),
             ssh_connection(worker.external_ip, args.admin_user, args.private_key),
             pulumi.ResourceOptions(parent=self, depends_on=[token, args.provisioned[worker.node_name]]),
-            extra_triggers=[worker.instance_id],
-            args=join_args,
+            extra_triggers=[worker.instance_id, self.init.id],
+            secret_args=join_args,
         )
         removal = NodeStep(
             "remove-node",

@@ -30,7 +30,10 @@ def istiod_values() -> dict:
     return {
         "pilot": {"cni": {"enabled": False}},
         # The app starts only once its proxy is up, so its first requests do not fail.
-        "meshConfig": {"accessLogFile": "/dev/stdout", "defaultConfig": {"holdApplicationUntilProxyStarts": True}},
+        "meshConfig": {
+            "accessLogFile": "/dev/stdout",
+            "defaultConfig": {"holdApplicationUntilProxyStarts": True},
+        },
     }
 
 

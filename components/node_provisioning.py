@@ -65,6 +65,13 @@ class NodeStep:
         return hashlib.sha256(f"{self.script_text}\0{self.command_line}".encode()).hexdigest()
 
 
+def with_secret_args(script_text: str, secret_args: tuple[tuple[str, str], ...]) -> str:
+    """The script with secret arguments appended to "$@" on its first line: they travel on stdin,
+    never on the command line, which pulumi-command prints when a command fails."""
+    appended = " ".join(f"--{key} {shlex.quote(value)}" for key, value in secret_args)
+    return f'set -- "$@" {appended}\n{script_text}'
+
+
 @dataclass(frozen=True)
 class ProvisioningSpec:
     kubernetes_version: str
@@ -167,12 +174,15 @@ def remote_step(
     extra_triggers: Sequence[pulumi.Input[str]] = (),
     secret_stdout: bool = False,
     args: pulumi.Output[tuple[tuple[str, str], ...]] | None = None,
+    secret_args: pulumi.Output[tuple[tuple[str, str], ...]] | None = None,
 ) -> command.remote.Command:
     """Runs one step over SSH: its script on stdin, its arguments on the command line.
 
     `args`, when given, replaces the step's arguments with values known only once other
-    resources exist (node addresses, tokens); the script itself is known from the start.
+    resources exist (node addresses); the script itself is known from the start. `secret_args`
+    (tokens) are added on stdin instead, as a secret.
     """
+    stdin: pulumi.Input[str] = step.script_text
     if args is None:
         command_line: pulumi.Input[str] = step.command_line
         content_hash: pulumi.Input[str] = step.content_hash
@@ -180,6 +190,13 @@ def remote_step(
         resolved = args.apply(lambda values: dataclasses.replace(step, args=values))
         command_line = resolved.apply(lambda s: s.command_line)
         content_hash = resolved.apply(lambda s: s.content_hash)
+    if secret_args is not None:
+        stdin = pulumi.Output.secret(
+            secret_args.apply(lambda values: with_secret_args(step.script_text, values))
+        )
+        content_hash = pulumi.Output.all(content_hash, stdin).apply(
+            lambda parts: hashlib.sha256("\0".join(parts).encode()).hexdigest()
+        )
     if secret_stdout:
         opts = pulumi.ResourceOptions.merge(
             opts, pulumi.ResourceOptions(additional_secret_outputs=["stdout"])
@@ -188,7 +205,7 @@ def remote_step(
         resource_name,
         connection=connection,
         create=command_line,
-        stdin=step.script_text,
+        stdin=stdin,
         triggers=[content_hash, *extra_triggers],
         add_previous_output_in_env=False,
         # Secret output is kept out of the logs too; stderr still shows what went wrong.

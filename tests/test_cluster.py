@@ -43,10 +43,19 @@ def args_of(create: str) -> dict[str, str]:
 
 
 def config_documents(registration: Registration) -> dict[str, dict]:
-    create = registration.inputs["create"]
-    create = create["value"] if isinstance(create, dict) else create
-    rendered = base64.b64decode(args_of(create)["--config-b64"]).decode()
+    """The kubeadm config a step carries: on its command line, or (when secret) on stdin's first line."""
+    args = args_of(registration.inputs["create"])
+    if "--config-b64" not in args:
+        args = args_of_stdin(registration)
+    rendered = base64.b64decode(args["--config-b64"]).decode()
     return {doc["kind"]: doc for doc in yaml.safe_load_all(rendered)}
+
+
+def args_of_stdin(registration: Registration) -> dict[str, str]:
+    first_line = registration.inputs["stdin"]["value"].split("\n", 1)[0]
+    assert first_line.startswith('set -- "$@" ')
+    words = shlex.split(first_line)[3:]
+    return dict(zip(words[::2], words[1::2], strict=True))
 
 
 def workers(program: ProgramRun) -> list[str]:
@@ -68,6 +77,10 @@ def test_every_stack_declares_init_pod_network_joins_and_secret_kubeconfig(stack
         assert token.urn in join.dependencies
         assert init.urn in token.dependencies
         assert command(program, f"{worker}-provision-kubernetes").urn in join.dependencies
+        if not preview:
+            # A new control plane (a new cluster) makes every worker get a token and join again.
+            assert "cluster-init-id" in token.inputs["triggers"]
+            assert "cluster-init-id" in join.inputs["triggers"]
     program.one(RELEASE, "cluster-flannel")
     assert program.is_secret_output("kubeconfig")
 
@@ -94,8 +107,11 @@ def test_join_commands_and_the_kubeconfig_stay_secret():
     program = run("staging")
     for worker in workers(program):
         join = command(program, f"{worker}-join")
-        assert join.raw_inputs["create"][SECRET_SIG], "the join command carries a token"
+        # The token travels on stdin, as a secret, never on the command line that errors print.
+        assert join.inputs["create"] == "sudo -n bash -s --"
+        assert join.raw_inputs["stdin"][SECRET_SIG]
         assert MOCK_TOKEN not in "".join(plain_strings(join.raw_inputs))
+        assert MOCK_TOKEN in base64.b64decode(args_of_stdin(join)["--config-b64"]).decode()
     admin = command(program, "cluster-admin-conf")
     assert admin.inputs["create"] == "sudo -n cat /etc/kubernetes/admin.conf"
     assert "stdout" in admin.additional_secret_outputs

@@ -22,7 +22,7 @@ from harness import (
     sample_facts,
 )
 
-from components.node_provisioning import NodeStep
+from components.node_provisioning import NodeStep, with_secret_args
 from components.verification import containers_ready, process_counts, verify
 
 NODE = "kata-mesh-dev-worker-0"
@@ -222,6 +222,20 @@ def test_the_verdict_script_prints_the_report_and_fails_the_deploy_unless_it_pas
     assert result.returncode == (0 if passed else 1)
     if not passed:
         assert "verification failed" in result.stderr
+
+
+def test_secret_arguments_sent_on_stdin_reach_the_script():
+    report = json.dumps({"passed": True})
+    step = NodeStep("verdict", "97-verdict.sh", ())
+    secret = (("report-b64", base64.b64encode(report.encode()).decode()), ("passed", "true"))
+    result = subprocess.run(
+        ["bash", "-c", step.command_line.removeprefix("sudo -n ")],
+        input=with_secret_args(step.script_text, secret),
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == report
 
 
 # --- Under the mock engine ---------------------------------------------------------------------
