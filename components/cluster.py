@@ -69,8 +69,12 @@ class KubeadmCluster(pulumi.ComponentResource):
         cp_connection = ssh_connection(cp.external_ip, args.admin_user, args.private_key)
         control_plane_takes_workloads = not args.workers
 
+        kata_label = "=".join(KATA_NODE_LABEL)
         init_args = pulumi.Output.all(cp.internal_ip, cp.external_ip).apply(
             lambda ips: (
+                ("node-name", cp.node_name),
+                ("takes-workloads", "true" if control_plane_takes_workloads else "false"),
+                ("kata-label", kata_label),
                 (
                     "config-b64",
                     _b64(
@@ -194,7 +198,7 @@ class KubeadmCluster(pulumi.ComponentResource):
         )
         join = remote_step(
             f"{worker.node_name}-join",
-            NodeStep("kubeadm-join", "70-kubeadm-join.sh", ()),
+            NodeStep("kubeadm-join", "70-kubeadm-join.sh", (("node-name", worker.node_name),)),
             ssh_connection(worker.external_ip, args.admin_user, args.private_key),
             pulumi.ResourceOptions(parent=self, depends_on=[token, args.provisioned[worker.node_name]]),
             extra_triggers=[worker.instance_id, self.init.id],

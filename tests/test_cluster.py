@@ -108,7 +108,7 @@ def test_join_commands_and_the_kubeconfig_stay_secret():
     for worker in workers(program):
         join = command(program, f"{worker}-join")
         # The token travels on stdin, as a secret, never on the command line that errors print.
-        assert join.inputs["create"] == "sudo -n bash -s --"
+        assert join.inputs["create"] == f"sudo -n bash -s -- --node-name {worker}"
         assert join.raw_inputs["stdin"][SECRET_SIG]
         assert MOCK_TOKEN not in "".join(plain_strings(join.raw_inputs))
         assert MOCK_TOKEN in base64.b64decode(args_of_stdin(join)["--config-b64"]).decode()
@@ -168,6 +168,18 @@ def test_workers_carry_the_kata_label_and_the_control_plane_stays_tainted(stack)
         ]
         assert labels == ["katacontainers.io/kata-runtime=true"]
         assert join["discovery"]["bootstrapToken"]["token"] == MOCK_TOKEN
+
+
+def test_the_control_plane_taint_and_label_follow_the_worker_count_on_every_run():
+    with_workers = args_of(command(run("dev"), "cluster-init").inputs["create"])
+    without = args_of(
+        command(
+            run_program("dev", preview=False, overrides={f"{PROJECT}:workerCount": 0}), "cluster-init"
+        ).inputs["create"]
+    )
+    assert (with_workers["--takes-workloads"], without["--takes-workloads"]) == ("false", "true")
+    assert with_workers["--kata-label"] == "katacontainers.io/kata-runtime=true"
+    assert with_workers["--node-name"] == "kata-mesh-dev-cp-0"
 
 
 def test_with_no_workers_the_control_plane_takes_kata_workloads():
