@@ -148,6 +148,8 @@ def node_steps(spec: ProvisioningSpec) -> list[NodeStep]:
                 ("kubernetes-version", spec.kubernetes_version),
                 ("apt-repository", kubernetes_apt_repository(spec.kubernetes_version)),
                 ("cri-socket", node_config.CONTAINERD_SOCKET),
+                ("cni-tarball", f"{CACHE_DIR}/{versions.CNI_PLUGINS.filename}"),
+                ("cni-sha256", versions.CNI_PLUGINS.sha256),
             ),
         ),
     ]

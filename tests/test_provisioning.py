@@ -108,6 +108,10 @@ def test_step_arguments_carry_the_pins_and_the_seeds_links():
     assert steps["containerd"]["cni-sha256"] == versions.CNI_PLUGINS.sha256
     assert steps["kubernetes"]["apt-repository"] == "https://pkgs.k8s.io/core:/stable:/v1.36/deb/"
     assert steps["kubernetes"]["kubernetes-version"] == "1.36.4"
+    # The kubernetes step puts back the pinned CNI plugins the containerd step downloaded.
+    cni_file = steps["containerd"]["cni-url"].rsplit("/", 1)[1]
+    assert steps["kubernetes"]["cni-tarball"] == f"{steps['containerd']['cache-dir']}/{cni_file}"
+    assert steps["kubernetes"]["cni-sha256"] == steps["containerd"]["cni-sha256"]
     assert steps["prerequisites"]["modules"].split() == [
         "overlay",
         "br_netfilter",

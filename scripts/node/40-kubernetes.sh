@@ -10,8 +10,10 @@ fi
 arg_kubernetes_version=""
 arg_apt_repository=""
 arg_cri_socket=""
+arg_cni_tarball=""
+arg_cni_sha256=""
 km_parse_args "$@"
-km_require_args kubernetes_version apt_repository cri_socket
+km_require_args kubernetes_version apt_repository cri_socket cni_tarball cni_sha256
 
 keyring=/etc/apt/keyrings/kubernetes-apt-keyring.gpg
 source_line="deb [signed-by=$keyring] $arg_apt_repository /"
@@ -39,8 +41,17 @@ if ! $installed_all; then
   apt-mark unhold "${packages[@]}" >/dev/null 2>&1 || true
   km_apt install -y --no-install-recommends --allow-change-held-packages \
     "${packages[@]/%/=$arg_kubernetes_version-*}"
+  # The packages pull in kubernetes-cni, which writes its own plugins over /opt/cni/bin: put the
+  # pinned, checksummed ones (the containerd step's download) back.
+  [[ $(km_sha256_of "$arg_cni_tarball") == "$arg_cni_sha256" ]] ||
+    km_die "$arg_cni_tarball is not the pinned CNI plugins release"
+  tar -xzf "$arg_cni_tarball" -C /opt/cni/bin
+  km_log "restored the pinned CNI plugins in /opt/cni/bin"
 fi
 apt-mark hold "${packages[@]}" >/dev/null
+if dpkg-query -W kubernetes-cni >/dev/null 2>&1; then
+  apt-mark hold kubernetes-cni >/dev/null
+fi
 for pkg in "${packages[@]}"; do
   version=$(dpkg-query -W -f='${Version}' "$pkg")
   [[ $version == "$arg_kubernetes_version"-* ]] || km_die "$pkg is at $version, not $arg_kubernetes_version"
