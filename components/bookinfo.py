@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_kubernetes as k8s
 
-from components.workloads import RUNTIME_CLASS
+from components.workloads import RUNTIME_CLASS, one_replica_deployment
 
 BOOKINFO_IMAGE = "docker.io/istio/examples-bookinfo-{service}-{version}:1.20.3"
 BOOKINFO_PORT = 9080
@@ -87,51 +87,33 @@ class Bookinfo(pulumi.ComponentResource):
     ) -> k8s.apps.v1.Deployment:
         labels = {"app": service, "version": version}
         volumes = [f"writable-{i}" for i in range(len(writable))]
-        return k8s.apps.v1.Deployment(
+        return one_replica_deployment(
             f"{name}-{service}-{version}",
-            metadata=metadata(f"{service}-{version}", labels),
-            spec=k8s.apps.v1.DeploymentSpecArgs(
-                replicas=1,
-                selector=k8s.meta.v1.LabelSelectorArgs(match_labels=labels),
-                template=k8s.core.v1.PodTemplateSpecArgs(
-                    metadata=k8s.meta.v1.ObjectMetaArgs(labels=labels),
-                    spec=k8s.core.v1.PodSpecArgs(
-                        service_account_name=f"bookinfo-{service}",
-                        runtime_class_name=RUNTIME_CLASS,
-                        containers=[
-                            k8s.core.v1.ContainerArgs(
-                                name=service,
-                                image=BOOKINFO_IMAGE.format(service=service, version=version),
-                                image_pull_policy="IfNotPresent",
-                                env=[
-                                    k8s.core.v1.EnvVarArgs(name=key, value=value)
-                                    for key, value in BOOKINFO_ENV.get(service, {}).items()
-                                ],
-                                ports=[k8s.core.v1.ContainerPortArgs(container_port=BOOKINFO_PORT)],
-                                resources=k8s.core.v1.ResourceRequirementsArgs(
-                                    requests=BOOKINFO_RESOURCES["requests"],
-                                    limits=BOOKINFO_RESOURCES["limits"],
-                                ),
-                                volume_mounts=[
-                                    k8s.core.v1.VolumeMountArgs(name=volume, mount_path=path)
-                                    for volume, path in zip(volumes, writable, strict=True)
-                                ],
-                            )
-                        ],
-                        volumes=[
-                            k8s.core.v1.VolumeArgs(
-                                name=volume, empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs()
-                            )
-                            for volume in volumes
-                        ],
-                    ),
+            metadata(f"{service}-{version}", labels),
+            labels,
+            service_account=f"bookinfo-{service}",
+            runtime_class=RUNTIME_CLASS,
+            container=k8s.core.v1.ContainerArgs(
+                name=service,
+                image=BOOKINFO_IMAGE.format(service=service, version=version),
+                image_pull_policy="IfNotPresent",
+                env=[
+                    k8s.core.v1.EnvVarArgs(name=k, value=v) for k, v in BOOKINFO_ENV.get(service, {}).items()
+                ],
+                ports=[k8s.core.v1.ContainerPortArgs(container_port=BOOKINFO_PORT)],
+                resources=k8s.core.v1.ResourceRequirementsArgs(
+                    requests=BOOKINFO_RESOURCES["requests"], limits=BOOKINFO_RESOURCES["limits"]
                 ),
+                volume_mounts=[
+                    k8s.core.v1.VolumeMountArgs(name=volume, mount_path=path)
+                    for volume, path in zip(volumes, writable, strict=True)
+                ],
             ),
+            volumes=[
+                k8s.core.v1.VolumeArgs(name=volume, empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs())
+                for volume in volumes
+            ],
             opts=pulumi.ResourceOptions.merge(
-                in_namespace,
-                pulumi.ResourceOptions(
-                    depends_on=[account, args.runtime_class],
-                    custom_timeouts=pulumi.CustomTimeouts(create="20m", update="20m"),
-                ),
+                in_namespace, pulumi.ResourceOptions(depends_on=[account, args.runtime_class])
             ),
         )

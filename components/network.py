@@ -67,39 +67,33 @@ class Network(pulumi.ComponentResource):
             description="All traffic between cluster nodes (includes Flannel VXLAN UDP 8472)",
             opts=child,
         )
-        self.ssh_firewall = gcp.compute.Firewall(
-            f"{name}-allow-ssh",
-            name=f"{prefix}-allow-ssh",
-            network=self.network.id,
-            direction="INGRESS",
-            allows=[gcp.compute.FirewallAllowArgs(protocol="tcp", ports=[SSH_PORT])],
-            source_ranges=list(args.ssh_allowed_cidrs),
-            target_tags=[NODE_TAG],
-            description="SSH from the listed admin CIDRs only",
-            opts=child,
-        )
-        self.api_firewall = gcp.compute.Firewall(
-            f"{name}-allow-api",
-            name=f"{prefix}-allow-api",
-            network=self.network.id,
-            direction="INGRESS",
-            allows=[gcp.compute.FirewallAllowArgs(protocol="tcp", ports=[API_PORT])],
-            source_ranges=list(args.api_allowed_cidrs),
-            target_tags=[CONTROL_PLANE_TAG],
-            description="Kubernetes API from the listed CIDRs only",
-            opts=child,
-        )
-        if args.gateway_node_port is not None:
-            self.gateway_firewall = gcp.compute.Firewall(
-                f"{name}-allow-gateway",
-                name=f"{prefix}-allow-gateway",
+
+        def allow_tcp(
+            rule: str, port: str, cidrs: Sequence[str], target_tag: str, what: str
+        ) -> gcp.compute.Firewall:
+            return gcp.compute.Firewall(
+                f"{name}-allow-{rule}",
+                name=f"{prefix}-allow-{rule}",
                 network=self.network.id,
                 direction="INGRESS",
-                allows=[gcp.compute.FirewallAllowArgs(protocol="tcp", ports=[str(args.gateway_node_port)])],
-                source_ranges=list(args.api_allowed_cidrs),
-                target_tags=[NODE_TAG],
-                description="Istio ingress gateway (NodePort) from the listed CIDRs only",
+                allows=[gcp.compute.FirewallAllowArgs(protocol="tcp", ports=[port])],
+                source_ranges=list(cidrs),
+                target_tags=[target_tag],
+                description=f"{what} from the listed CIDRs only",
                 opts=child,
+            )
+
+        self.ssh_firewall = allow_tcp("ssh", SSH_PORT, args.ssh_allowed_cidrs, NODE_TAG, "SSH")
+        self.api_firewall = allow_tcp(
+            "api", API_PORT, args.api_allowed_cidrs, CONTROL_PLANE_TAG, "Kubernetes API"
+        )
+        if args.gateway_node_port is not None:
+            self.gateway_firewall = allow_tcp(
+                "gateway",
+                str(args.gateway_node_port),
+                args.api_allowed_cidrs,
+                NODE_TAG,
+                "Istio ingress gateway (NodePort)",
             )
         self.register_outputs(
             {"network": self.network.id, "subnet": self.subnet.id},

@@ -24,6 +24,40 @@ HTTPBIN_RESOURCES = {
 }
 
 
+def one_replica_deployment(
+    resource_name: str,
+    metadata: k8s.meta.v1.ObjectMetaArgs,
+    labels: dict[str, str],
+    service_account: str,
+    runtime_class: str | None,
+    container: k8s.core.v1.ContainerArgs,
+    opts: pulumi.ResourceOptions,
+    volumes: list[k8s.core.v1.VolumeArgs] | None = None,
+) -> k8s.apps.v1.Deployment:
+    """A one-replica Deployment of one container, selected by its labels, in the given runtime."""
+    return k8s.apps.v1.Deployment(
+        resource_name,
+        metadata=metadata,
+        spec=k8s.apps.v1.DeploymentSpecArgs(
+            replicas=1,
+            selector=k8s.meta.v1.LabelSelectorArgs(match_labels=labels),
+            template=k8s.core.v1.PodTemplateSpecArgs(
+                metadata=k8s.meta.v1.ObjectMetaArgs(labels=labels),
+                spec=k8s.core.v1.PodSpecArgs(
+                    service_account_name=service_account,
+                    runtime_class_name=runtime_class,
+                    containers=[container],
+                    volumes=volumes,
+                ),
+            ),
+        ),
+        # Pods in Kata VMs start slowly under nested virtualization.
+        opts=pulumi.ResourceOptions.merge(
+            opts, pulumi.ResourceOptions(custom_timeouts=pulumi.CustomTimeouts(create="20m", update="20m"))
+        ),
+    )
+
+
 class KataRuntimeClass(pulumi.ComponentResource):
     """RuntimeClass kata-runtime (handler kata), scheduled only onto nodes labelled for Kata."""
 
@@ -135,45 +169,29 @@ class HttpbinApp(pulumi.ComponentResource):
         depends_on: list[pulumi.Resource] = [self.namespace, self.service_account]
         if runtime_class is not None:
             depends_on.append(self._args.runtime_class)
-        deployment = k8s.apps.v1.Deployment(
+        deployment = one_replica_deployment(
             f"{resource_name}-deployment",
-            metadata=self._metadata(app, labels),
-            spec=k8s.apps.v1.DeploymentSpecArgs(
-                replicas=1,
-                selector=k8s.meta.v1.LabelSelectorArgs(match_labels=labels),
-                template=k8s.core.v1.PodTemplateSpecArgs(
-                    metadata=k8s.meta.v1.ObjectMetaArgs(labels=labels),
-                    spec=k8s.core.v1.PodSpecArgs(
-                        service_account_name="httpbin",
-                        runtime_class_name=runtime_class,
-                        containers=[
-                            k8s.core.v1.ContainerArgs(
-                                name="httpbin",
-                                image=self._args.image,
-                                image_pull_policy="IfNotPresent",
-                                ports=[k8s.core.v1.ContainerPortArgs(container_port=HTTPBIN_CONTAINER_PORT)],
-                                readiness_probe=k8s.core.v1.ProbeArgs(
-                                    http_get=k8s.core.v1.HTTPGetActionArgs(
-                                        path="/status/200", port=HTTPBIN_CONTAINER_PORT
-                                    ),
-                                    period_seconds=5,
-                                    # A Kata VM boots slowly under nested virtualization.
-                                    failure_threshold=24,
-                                ),
-                                resources=k8s.core.v1.ResourceRequirementsArgs(
-                                    requests=HTTPBIN_RESOURCES["requests"], limits=HTTPBIN_RESOURCES["limits"]
-                                ),
-                            )
-                        ],
-                    ),
+            self._metadata(app, labels),
+            labels,
+            service_account="httpbin",
+            runtime_class=runtime_class,
+            container=k8s.core.v1.ContainerArgs(
+                name="httpbin",
+                image=self._args.image,
+                image_pull_policy="IfNotPresent",
+                ports=[k8s.core.v1.ContainerPortArgs(container_port=HTTPBIN_CONTAINER_PORT)],
+                readiness_probe=k8s.core.v1.ProbeArgs(
+                    http_get=k8s.core.v1.HTTPGetActionArgs(path="/status/200", port=HTTPBIN_CONTAINER_PORT),
+                    period_seconds=5,
+                    # A Kata VM boots slowly under nested virtualization.
+                    failure_threshold=24,
+                ),
+                resources=k8s.core.v1.ResourceRequirementsArgs(
+                    requests=HTTPBIN_RESOURCES["requests"], limits=HTTPBIN_RESOURCES["limits"]
                 ),
             ),
             opts=pulumi.ResourceOptions.merge(
-                self._in_namespace,
-                pulumi.ResourceOptions(
-                    depends_on=depends_on,
-                    custom_timeouts=pulumi.CustomTimeouts(create="15m", update="15m"),
-                ),
+                self._in_namespace, pulumi.ResourceOptions(depends_on=depends_on)
             ),
         )
         return service, deployment
