@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tomllib
 from pathlib import Path
 
 import pytest
-import tomllib
 
 from components.node_config import KATA_CONFIG_PATH, render_containerd_config, render_kata_dropin
 
