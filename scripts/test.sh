@@ -21,6 +21,28 @@ if ((${#missing[@]} > 0)); then
   fi
 fi
 
+# containerd 2.x is not in bookworm: Debian sid's package is downloaded and unpacked (not
+# installed) so that a real containerd 2.x loads the rendered 2.x config too.
+containerd2=.cache/containerd2/usr/bin/containerd
+if [[ ! -x $containerd2 ]] && command -v apt-get >/dev/null && command -v dpkg >/dev/null; then
+  apt_dir=$PWD/.cache/apt-sid
+  mkdir -p "$apt_dir/lists/partial" "$apt_dir/archives/partial"
+  echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian sid main" \
+    >"$apt_dir/sources.list"
+  apt_options=(-o "Dir::Etc::SourceList=$apt_dir/sources.list" -o Dir::Etc::SourceParts=/dev/null
+    -o "Dir::State::Lists=$apt_dir/lists" -o "Dir::Cache=$apt_dir" -o "Dir::Cache::archives=$apt_dir/archives"
+    -o APT::Sandbox::User=root)
+  if apt-get "${apt_options[@]}" update -qq >/dev/null 2>&1 &&
+    (cd "$apt_dir" && apt-get "${apt_options[@]}" download -qq containerd >/dev/null 2>&1); then
+    dpkg -x "$apt_dir"/containerd_*.deb .cache/containerd2
+  else
+    echo "note: could not fetch Debian sid's containerd 2.x; its test is skipped" >&2
+  fi
+fi
+if [[ -x $containerd2 ]]; then
+  export KATA_MESH_CONTAINERD2=$PWD/$containerd2
+fi
+
 python_bin="${PYTHON:-python3}"
 if [[ ! -x venv/bin/python ]]; then
   "$python_bin" -m venv venv

@@ -47,25 +47,45 @@ def test_kata_dropin_changes_only_the_timeouts_nested_virtualization_needs():
     }
 
 
-def real_containerd() -> str:
-    binary = shutil.which("containerd")
+def real_containerd(major: int = 1) -> str:
+    """Debian's containerd: bookworm's 1.x installed, or sid's 2.x unpacked by scripts/test.sh."""
+    binary = shutil.which("containerd") if major == 1 else os.environ.get("KATA_MESH_CONTAINERD2")
     if binary is None:
         if os.environ.get("CI"):
-            pytest.fail("containerd is not installed; scripts/test.sh installs Debian's package")
-        pytest.skip("containerd not installed (scripts/test.sh installs it when run as root)")
+            pytest.fail(f"no containerd {major}.x; scripts/test.sh installs (1.x) or unpacks (2.x) Debian's")
+        pytest.skip(f"no containerd {major}.x (scripts/test.sh provides it)")
     return binary
+
+
+def dump_config(containerd: str, rendered: str, tmp_path: Path) -> dict:
+    config = tmp_path / "config.toml"
+    config.write_text(rendered)
+    dump = subprocess.run(
+        [containerd, "--config", str(config), "config", "dump"], capture_output=True, text=True, check=True
+    ).stdout
+    return tomllib.loads(dump)
 
 
 def test_debian_containerd_loads_the_1x_config_with_both_runtimes(tmp_path: Path):
     containerd = real_containerd()
     version = subprocess.run([containerd, "--version"], capture_output=True, text=True, check=True).stdout
     assert " 1." in version, f"this test needs a 1.x containerd, found: {version}"
-    config = tmp_path / "config.toml"
-    config.write_text(render_containerd_config(1))
-    dump = subprocess.run(
-        [containerd, "--config", str(config), "config", "dump"], capture_output=True, text=True, check=True
-    ).stdout
-    cri = tomllib.loads(dump)["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]
+    cri = dump_config(containerd, render_containerd_config(1), tmp_path)["plugins"][
+        "io.containerd.grpc.v1.cri"
+    ]
+    assert_both_runtimes(cri["containerd"])
+
+
+def test_debian_containerd_2x_loads_the_2x_config_with_both_runtimes(tmp_path: Path):
+    containerd = real_containerd(major=2)
+    version = subprocess.run([containerd, "--version"], capture_output=True, text=True, check=True).stdout
+    assert " 2." in version, f"this test needs a 2.x containerd, found: {version}"
+    dumped = dump_config(containerd, render_containerd_config(2), tmp_path)
+    assert dumped["version"] == 3
+    assert_both_runtimes(dumped["plugins"]["io.containerd.cri.v1.runtime"]["containerd"])
+
+
+def assert_both_runtimes(cri: dict) -> None:
     assert cri["default_runtime_name"] == "runc"
     runc, kata = cri["runtimes"]["runc"], cri["runtimes"]["kata"]
     assert runc["runtime_type"] == "io.containerd.runc.v2"
