@@ -2,7 +2,8 @@
 
 Checksums come from kubespray's roles/kubespray_defaults/vars/main/checksums.yml (amd64); Kata
 publishes no checksum files, so its sha256 is pinned here by hand. Adding a version means adding
-its checksum here; settings reject any version without one.
+its checksum here; settings reject any version without one. crictl is not pinned here: it comes
+with kubeadm (the cri-tools package) from the pinned Kubernetes apt repository.
 """
 
 from __future__ import annotations
@@ -60,12 +61,6 @@ CNI_PLUGINS = Artifact(
     version="1.9.1",
     upstream_url=f"{GITHUB}/containernetworking/plugins/releases/download/v1.9.1/cni-plugins-linux-amd64-v1.9.1.tgz",
     sha256="b98f74a0f8522f0a83867178729c1aa70f2158f90c45a2ca8fa791db1c76b303",
-)
-CRICTL = Artifact(
-    name="crictl",
-    version="1.36.0",
-    upstream_url=f"{GITHUB}/kubernetes-sigs/cri-tools/releases/download/v1.36.0/crictl-v1.36.0-linux-amd64.tar.gz",
-    sha256="83855e114566a8a8c44c548d515670f51de3a5e1da8b2effb59870e2f10c25a3",
 )
 
 # Flannel, the pod network, from its official chart (VXLAN backend; chart versions carry a "v").
