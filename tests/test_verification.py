@@ -188,14 +188,9 @@ def fake_kubectl(curl_sample: str) -> str:
 esac"""
 
 
-@pytest.mark.parametrize(
-    ("curl_sample", "passes"), [("curl-get-mtls.txt", True), ("curl-get-failed.txt", False)]
-)
-def test_the_facts_script_turns_kubectl_and_curl_output_into_what_the_verdict_reads(
-    tmp_path, jq, curl_sample, passes
-):
+def run_facts_script(tmp_path: Path, curl_sample: str) -> subprocess.CompletedProcess[str]:
     env = fake_tools(tmp_path, {"kubectl": fake_kubectl(curl_sample)})
-    result = run_script(
+    return run_script(
         "96-mesh-facts.sh",
         (
             ("namespace", "httpbin"),
@@ -206,11 +201,31 @@ def test_the_facts_script_turns_kubectl_and_curl_output_into_what_the_verdict_re
         ),
         env,
     )
+
+
+@pytest.mark.parametrize(
+    ("curl_sample", "passes"), [("curl-get-mtls.txt", True), ("curl-get-plaintext.txt", False)]
+)
+def test_the_facts_script_turns_kubectl_and_curl_output_into_what_the_verdict_reads(
+    tmp_path, jq, curl_sample, passes
+):
+    result = run_facts_script(tmp_path, curl_sample)
     assert result.returncode == 0, result.stderr
     facts = json.loads(result.stdout)
     assert facts["podKernels"] == {"httpbin-6b8f7c9d4-x2x7k": KATA_GUEST_KERNEL}
+    assert facts["request"]["status"] == "200"
     report = verify(facts, [sample_evidence(NODE)], "httpbin", None)
     assert report.passed is passes, report.problems
+
+
+def test_a_failed_request_fails_the_facts_step_itself_so_a_retry_gathers_again(tmp_path, jq):
+    result = run_facts_script(tmp_path, "curl-get-failed.txt")
+    assert result.returncode == 1
+    assert (
+        "the in-mesh request to http://httpbin.httpbin:8000/get answered 503: upstream connect error"
+        in result.stderr
+    )
+    assert result.stdout == ""
 
 
 @pytest.mark.parametrize("passed", [True, False])

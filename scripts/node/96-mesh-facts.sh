@@ -22,7 +22,7 @@ timeout=${arg_timeout_seconds}s
 
 for app in "${apps[@]}"; do
   kubectl -n "$ns" rollout status "deployment/$app" --timeout="$timeout" >&2 ||
-    km_log "deployment $app did not roll out; reporting what there is"
+    km_die "deployment $app did not roll out within $timeout: $(kubectl -n "$ns" get pods -o wide 2>&1)"
 done
 
 work=$(mktemp -d)
@@ -34,11 +34,13 @@ kubectl -n "$ns" delete pod mesh-client --ignore-not-found --wait=true >&2
 kubectl -n "$ns" run mesh-client --image="$arg_client_image" --restart=Never \
   --labels=app=mesh-client --command -- sleep 3600 >&2
 kubectl -n "$ns" wait --for=condition=Ready pod/mesh-client --timeout="$timeout" >&2 ||
-  km_log "the mesh client pod is not Ready"
+  km_die "the mesh client pod is not Ready: $(kubectl -n "$ns" describe pod mesh-client 2>&1 | tail -n 20)"
 
 response=$(kubectl -n "$ns" exec mesh-client -c mesh-client -- \
   curl -sS --max-time 20 -w '\n%{http_code}' "$arg_url" 2>&1) || true
-printf '%s' "${response##*$'\n'}" >"$work/status"
+status=${response##*$'\n'}
+[[ $status == 200 ]] || km_die "the in-mesh request to $arg_url answered ${status:-nothing}: ${response%$'\n'*}"
+printf '%s' "$status" >"$work/status"
 printf '%s' "${response%$'\n'*}" >"$work/body"
 
 # The kernel inside each app's pod: the newest one not being deleted, as the verdict picks it.
