@@ -124,7 +124,7 @@ class KubeadmCluster(pulumi.ComponentResource):
         )
         self.pod_network = self._flannel(name, args.pod_cidr)
 
-        self.joins = [self._join(name, worker, args, cp_connection) for worker in args.workers]
+        self.joins = [self._join(worker, args, cp_connection) for worker in args.workers]
         nodes_ready = NodeStep(
             "nodes-ready",
             "90-wait-nodes-ready.sh",
@@ -166,7 +166,7 @@ class KubeadmCluster(pulumi.ComponentResource):
         )
 
     def _join(
-        self, name: str, worker: NodeVm, args: ClusterArgs, cp_connection: command.remote.ConnectionArgs
+        self, worker: NodeVm, args: ClusterArgs, cp_connection: command.remote.ConnectionArgs
     ) -> command.remote.Command:
         token = remote_step(
             f"{worker.node_name}-join-token",
