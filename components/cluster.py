@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -20,7 +19,7 @@ from components.kubeadm_config import (
     render_init_config,
     render_join_config,
 )
-from components.node_provisioning import NodeStep, remote_step, ssh_connection
+from components.node_provisioning import NodeStep, b64, remote_step, ssh_connection
 from components.nodes import NodeVm
 
 # Each worker gets its own token, made when it joins; it need not outlive the join.
@@ -28,10 +27,6 @@ JOIN_TOKEN_TTL = "1h"
 NODE_REMOVAL_TIMEOUT_SECONDS = 120
 NODES_READY_TIMEOUT_SECONDS = 900
 ADMIN_CONF = "/etc/kubernetes/admin.conf"
-
-
-def _b64(text: str) -> str:
-    return base64.b64encode(text.encode()).decode()
 
 
 @dataclass(frozen=True)
@@ -77,7 +72,7 @@ class KubeadmCluster(pulumi.ComponentResource):
                 ("kata-label", kata_label),
                 (
                     "config-b64",
-                    _b64(
+                    b64(
                         render_init_config(
                             InitSpec(
                                 node=node_registration(
@@ -187,7 +182,7 @@ class KubeadmCluster(pulumi.ComponentResource):
             lambda values: (
                 (
                     "config-b64",
-                    _b64(
+                    b64(
                         render_join_config(
                             node_registration(worker.node_name, values[1], True, control_plane=False),
                             parse_join_command(values[0]),

@@ -90,7 +90,8 @@ def kubernetes_apt_repository(kubernetes_version: str) -> str:
     return f"https://pkgs.k8s.io/core:/stable:/v{minor}/deb/"
 
 
-def _b64(text: str) -> str:
+def b64(text: str) -> str:
+    """Config files travel as base64 arguments, so no quoting can bend them."""
     return base64.b64encode(text.encode()).decode()
 
 
@@ -123,7 +124,7 @@ def node_steps(spec: ProvisioningSpec) -> list[NodeStep]:
                 ("runc-sha256", versions.RUNC.sha256),
                 ("cni-url", spec.url(versions.CNI_PLUGINS)),
                 ("cni-sha256", versions.CNI_PLUGINS.sha256),
-                ("config-b64", _b64(node_config.render_containerd_config(containerd_major))),
+                ("config-b64", b64(node_config.render_containerd_config(containerd_major))),
                 ("cache-dir", CACHE_DIR),
             ),
         ),
@@ -137,7 +138,7 @@ def node_steps(spec: ProvisioningSpec) -> list[NodeStep]:
                 ("bin-dir", "/usr/local/bin"),
                 ("links", " ".join(KATA_LINKS)),
                 ("dropin-name", node_config.KATA_DROPIN_NAME),
-                ("dropin-b64", _b64(node_config.render_kata_dropin())),
+                ("dropin-b64", b64(node_config.render_kata_dropin())),
                 ("cache-dir", CACHE_DIR),
             ),
         ),

@@ -3,7 +3,6 @@ in-mesh over mutual TLS; and what Kata costs beside runc. Fails the deploy other
 
 from __future__ import annotations
 
-import base64
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -12,7 +11,7 @@ import pulumi
 import pulumi_command as command
 
 from components import versions
-from components.node_provisioning import NodeStep, remote_step, ssh_connection
+from components.node_provisioning import NodeStep, b64, remote_step, ssh_connection
 from components.nodes import NodeVm
 from components.verification import verify
 from components.workloads import HTTPBIN_PORT
@@ -87,7 +86,7 @@ class Proof(pulumi.ComponentResource):
         self.report = pulumi.Output.all(facts.stdout, *(e.stdout for e in evidence)).apply(judge)
         gate_args = self.report.apply(
             lambda report: (
-                ("report-b64", base64.b64encode(json.dumps(report, indent=2).encode()).decode()),
+                ("report-b64", b64(json.dumps(report, indent=2))),
                 ("passed", "true" if report["passed"] else "false"),
             )
         )
