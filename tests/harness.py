@@ -6,9 +6,13 @@ does the same here, so the program runs on exactly the config `pulumi up` would 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import os
 import runpy
+import shlex
+import shutil
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -16,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pulumi
+import pytest
 import yaml
 from google.protobuf import json_format
 from pulumi.runtime import mocks as pulumi_mocks
@@ -332,3 +337,26 @@ def run_program(
         monitor.resource_outputs.get(stack_urn, {}),
         {urn: dict(resource.state) for urn, resource in monitor.resources.items()},
     )
+
+
+@functools.cache
+def cached_run(stack: str, preview: bool = False) -> ProgramRun:
+    """One mock run per stack and mode for the whole session; tests only read it."""
+    return run_program(stack, preview)
+
+
+def command_args(command_line: str) -> dict[str, str]:
+    """The --name value pairs after `bash -s --` in a step's command line (or stdin's first line)."""
+    words = shlex.split(command_line)
+    start = max(i for i, word in enumerate(words) if word in ("--", "$@")) + 1
+    return dict(zip(words[start::2], words[start + 1 :: 2], strict=True))
+
+
+def require_tool(name: str, provided_by: str = "scripts/test.sh installs it when run as root") -> str:
+    """The tool's path; CI must have it, elsewhere its tests are skipped."""
+    path = shutil.which(name)
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{name} is missing; {provided_by}")
+        pytest.skip(f"{name} is missing ({provided_by})")
+    return path

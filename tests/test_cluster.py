@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import base64
-import functools
-import shlex
 
 import pytest
 import yaml
@@ -15,6 +13,8 @@ from harness import (
     STACKS,
     ProgramRun,
     Registration,
+    cached_run,
+    command_args,
     plain_strings,
     run_program,
 )
@@ -27,19 +27,14 @@ RELEASE = "kubernetes:helm.sh/v3:Release"
 PROVIDER = "pulumi:providers:kubernetes"
 
 
-@functools.cache
-def run(stack: str, preview: bool = False) -> ProgramRun:
-    return run_program(stack, preview)
+run = cached_run
 
 
 def command(program: ProgramRun, name: str) -> Registration:
     return program.one(COMMAND, name)
 
 
-def args_of(create: str) -> dict[str, str]:
-    words = shlex.split(create)
-    words = words[words.index("--") + 1 :]
-    return dict(zip(words[::2], words[1::2], strict=True))
+args_of = command_args
 
 
 def config_documents(registration: Registration) -> dict[str, dict]:
@@ -54,8 +49,7 @@ def config_documents(registration: Registration) -> dict[str, dict]:
 def args_of_stdin(registration: Registration) -> dict[str, str]:
     first_line = registration.inputs["stdin"]["value"].split("\n", 1)[0]
     assert first_line.startswith('set -- "$@" ')
-    words = shlex.split(first_line)[3:]
-    return dict(zip(words[::2], words[1::2], strict=True))
+    return command_args(first_line)
 
 
 def workers(program: ProgramRun) -> list[str]:

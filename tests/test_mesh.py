@@ -3,11 +3,9 @@ Kubernetes object the program declares."""
 
 from __future__ import annotations
 
-import functools
-
 import kubernetes_validate
 import pytest
-from harness import OPERATOR_CONFIG, PROJECT, STACKS, ProgramRun, run_program
+from harness import OPERATOR_CONFIG, PROJECT, STACKS, ProgramRun, cached_run
 
 RELEASE = "kubernetes:helm.sh/v3:Release"
 DEPLOYMENT = "kubernetes:apps/v1:Deployment"
@@ -22,9 +20,7 @@ NOT_IN_KUBERNETES_SCHEMA = (
 KUBERNETES_SCHEMA_VERSION = "1.36.0"
 
 
-@functools.cache
-def run(stack: str, preview: bool = False) -> ProgramRun:
-    return run_program(stack, preview)
+run = cached_run
 
 
 def as_manifest(value):

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import tomllib
 from pathlib import Path
 
 import pytest
+from harness import require_tool
 
 from components.node_config import KATA_CONFIG_PATH, render_containerd_config, render_kata_dropin
 
@@ -49,12 +49,12 @@ def test_kata_dropin_changes_only_the_timeouts_nested_virtualization_needs():
 
 def real_containerd(major: int = 1) -> str:
     """Debian's containerd: bookworm's 1.x installed, or sid's 2.x unpacked by scripts/test.sh."""
-    binary = shutil.which("containerd") if major == 1 else os.environ.get("KATA_MESH_CONTAINERD2")
-    if binary is None:
-        if os.environ.get("CI"):
-            pytest.fail(f"no containerd {major}.x; scripts/test.sh installs (1.x) or unpacks (2.x) Debian's")
-        pytest.skip(f"no containerd {major}.x (scripts/test.sh provides it)")
-    return binary
+    if major == 1:
+        return require_tool("containerd")
+    return require_tool(
+        os.environ.get("KATA_MESH_CONTAINERD2", "containerd-2.x"),
+        "scripts/test.sh unpacks Debian sid's containerd",
+    )
 
 
 def dump_config(containerd: str, rendered: str, tmp_path: Path) -> dict:

@@ -9,7 +9,6 @@ import functools
 import hashlib
 import http.server
 import os
-import shutil
 import subprocess
 import tarfile
 import threading
@@ -17,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness import ROOT
+from harness import ROOT, require_tool
 
 from components import versions
 from components.node_config import KATA_DROPIN_NAME, render_kata_dropin
@@ -127,10 +126,7 @@ class Server:
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[Server]:
-    if shutil.which("zstd") is None:
-        if os.environ.get("CI"):
-            pytest.fail("zstd is not installed; scripts/test.sh installs Debian's package")
-        pytest.skip("zstd not installed (scripts/test.sh installs it when run as root)")
+    require_tool("zstd")
     served = tmp_path / "served"
     served.mkdir()
     srv = Server(served)

@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 import itertools
 
 import pytest
-from harness import PROJECT, SECRET_SIG, STACKS, ProgramRun, Registration, run_program, stack_config
+from harness import (
+    PROJECT,
+    SECRET_SIG,
+    STACKS,
+    ProgramRun,
+    Registration,
+    cached_run,
+    run_program,
+    stack_config,
+)
 
 from components import versions
 from components.node_provisioning import KATA_LINKS, SCRIPTS_DIR, NodeStep, ProvisioningSpec, node_steps
@@ -18,9 +26,7 @@ INSTANCE = "gcp:compute/instance:Instance"
 STEP_ORDER = ["wait-ready", "prerequisites", "containerd", "kata", "kubernetes"]
 
 
-@functools.cache
-def run(stack: str, preview: bool) -> ProgramRun:
-    return run_program(stack, preview)
+run = cached_run
 
 
 def steps_by_node(program: ProgramRun) -> dict[str, list[Registration]]:

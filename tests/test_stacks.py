@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-
 import pytest
 import yaml
 from harness import (
@@ -15,6 +13,7 @@ from harness import (
     KataMeshMocks,
     ProgramRun,
     RecordingMonitor,
+    cached_run,
     plain_strings,
     run_program,
 )
@@ -29,9 +28,7 @@ API_CIDRS = OPERATOR_CONFIG[f"{PROJECT}:apiAllowedCidrs"]
 MODES = [pytest.param(True, id="preview"), pytest.param(False, id="up")]
 
 
-@functools.cache
-def run(stack: str, preview: bool) -> ProgramRun:
-    return run_program(stack, preview)
+run = cached_run
 
 
 def stack_file(stack: str) -> dict:

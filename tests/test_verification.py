@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import shlex
 import subprocess
 from pathlib import Path
 
@@ -16,6 +15,8 @@ from harness import (
     PROJECT,
     SAMPLES,
     STACKS,
+    command_args,
+    require_tool,
     run_program,
     sample,
     sample_evidence,
@@ -132,10 +133,7 @@ def run_script(
 
 @pytest.fixture
 def jq() -> None:
-    if subprocess.run(["which", "jq"], capture_output=True).returncode != 0:
-        if os.environ.get("CI"):
-            pytest.fail("jq is not installed; scripts/test.sh installs Debian's package")
-        pytest.skip("jq not installed (scripts/test.sh installs it when run as root)")
+    require_tool("jq")
 
 
 def test_the_evidence_script_turns_crictl_and_ps_output_into_what_the_verdict_reads(tmp_path, jq):
@@ -269,9 +267,7 @@ def test_every_stack_ends_with_the_proof_after_the_app(stack):
         assert facts.urn in evidence.dependencies
         assert evidence.urn in gate.dependencies
         assert evidence.inputs["connection"]["value"]["host"] == program.output("nodes")[node]["externalIp"]
-    words = shlex.split(gate.inputs["create"])
-    words = words[words.index("--") + 1 :]
-    args = dict(zip(words[::2], words[1::2], strict=True))
+    args = command_args(gate.inputs["create"])
     assert args["--passed"] == "true"
     assert json.loads(base64.b64decode(args["--report-b64"])) == program.output("verification")
     assert program.output("verification")["passed"] is True
