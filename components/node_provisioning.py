@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import functools
 import hashlib
 import shlex
 from collections.abc import Sequence
@@ -41,6 +42,12 @@ KATA_LINKS = (
 CLOUD_INIT_TIMEOUT_SECONDS = 900
 
 
+@functools.cache
+def _script_source(name: str) -> str:
+    """Each script is read once per run, however many nodes and steps send it."""
+    return (SCRIPTS_DIR / name).read_text()
+
+
 @dataclass(frozen=True)
 class NodeStep:
     """One node concern: a script and the arguments it is run with."""
@@ -52,8 +59,7 @@ class NodeStep:
 
     @property
     def script_text(self) -> str:
-        lib = (SCRIPTS_DIR / "lib.sh").read_text()
-        return f"{lib}\n{(SCRIPTS_DIR / self.script).read_text()}"
+        return f"{_script_source('lib.sh')}\n{_script_source(self.script)}"
 
     @property
     def command_line(self) -> str:
