@@ -71,6 +71,18 @@ users:
 
 
 SAMPLES = ROOT / "tests" / "samples" / "verification"
+# The upstream charts (../shared/charts, see its README), or where KATA_MESH_CHARTS points.
+CHARTS_DIR = Path(os.environ.get("KATA_MESH_CHARTS", ROOT.parent / "shared" / "charts"))
+
+
+def require_charts() -> Path:
+    """The folder of upstream chart archives; CI must have it, elsewhere its tests are skipped."""
+    if not CHARTS_DIR.is_dir():
+        reason = f"no upstream charts at {CHARTS_DIR} (a clone outside this setup; set KATA_MESH_CHARTS)"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return CHARTS_DIR
 KATA_GUEST_KERNEL = "6.12.47"
 
 
