@@ -9,7 +9,7 @@ from components.network import Network, NetworkArgs
 from components.node_provisioning import NodeProvisioning, NodeProvisioningArgs, ProvisioningSpec, node_steps
 from components.nodes import ClusterNodes, ClusterNodesArgs, MachineSpec
 from components.proof import Proof, ProofArgs
-from components.settings import load_settings
+from components.settings import BOOKINFO_NAMESPACE, load_settings
 from components.ssh_access import SshAccess, SshAccessArgs
 from components.workloads import HTTPBIN_PORT, HttpbinApp, HttpbinArgs, KataRuntimeClass
 
@@ -112,7 +112,7 @@ if settings.bookinfo:
     Bookinfo(
         "bookinfo",
         BookinfoArgs(
-            namespace="bookinfo",
+            namespace=BOOKINFO_NAMESPACE,
             provider=cluster.provider,
             runtime_class=kata_runtime.runtime_class,
             mesh_ready=mesh.istiod,

@@ -6,18 +6,20 @@ the raw config strings so tests can call it directly, and it reports every probl
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 import json
+import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
 from components import versions
 
 T = TypeVar("T")
 
+# Pulumi.yaml's `name`: the namespace of the project keys (`kata-mesh:machineType`).
+PROJECT_NAME = "kata-mesh"
 # Project keys (namespace kata-mesh), each declared with a default in Pulumi.yaml.
 PROJECT_KEYS = (
     "machineType",
@@ -48,13 +50,21 @@ PROJECT_KEYS = (
     "bookinfo",
     "verificationRun",
 )
-# Provider keys every stack file sets.
-GCP_KEYS = ("gcp:region", "gcp:zone")
+# Provider keys: region and zone come from the stack files, the project from each user.
+GCP_KEYS = ("gcp:project", "gcp:region", "gcp:zone")
 SECRET_KEYS = frozenset({"sshPrivateKey"})
+# Settings of type array: `pulumi config set key value` would store a plain string, so their
+# fixes use `pulumi config set --path 'kata-mesh:key[0]' value` (the CLI's set has no --json).
+LIST_KEYS = frozenset({"sshAllowedCidrs", "apiAllowedCidrs"})
+# Where the pulumi-gcp provider also finds the project when gcp:project is unset, in its order of
+# precedence (Pulumi registry, "Google Cloud (GCP) Classic: Installation & Configuration").
+PROJECT_ENV_VARS = ("GOOGLE_PROJECT", "GOOGLE_CLOUD_PROJECT", "GCLOUD_PROJECT", "CLOUDSDK_CORE_PROJECT")
+# Resource Manager: 6 to 30 lowercase letters, digits or hyphens, starting with a letter, no
+# trailing hyphen. Legacy domain-scoped projects carry their domain in front: example.com:my-app.
+PROJECT_ID = re.compile(r"^(?:[a-z0-9][-a-z0-9.]*[a-z0-9]:)?[a-z][-a-z0-9]{4,28}[a-z0-9]$")
 
 # Series with Intel VT-x exposed to guests (REFERENCE section 3). N1 also needs a CPU platform.
 NESTED_VIRT_SERIES = ("n2", "c2", "c3", "n1")
-N1_NESTED_PLATFORMS = ("Intel Haswell", "Intel Broadwell", "Intel Skylake")
 REJECTED_SERIES = {
     "e2": "E2 machines do not support nested virtualization",
     "n2d": "N2D is an AMD series; nested virtualization needs Intel VT-x",
@@ -66,6 +76,40 @@ REJECTED_SERIES = {
     "f1": "shared-core f1 machines do not support nested virtualization",
     "g1": "shared-core g1 machines do not support nested virtualization",
 }
+# GCE's machine type names for the series above: SERIES-KIND-VCPUS, with -lssd on C3 types that
+# bundle Local SSD (c3-standard-4-lssd) and -metal on bare-metal ones (c3-highcpu-192-metal);
+# custom types are SERIES-custom-VCPUS-MEMORY_MB[-ext], except N1's: custom-VCPUS-MEMORY_MB[-ext].
+SERIES_KINDS = {
+    "n1": ("standard", "highmem", "highcpu", "megamem", "ultramem"),
+    "n2": ("standard", "highmem", "highcpu"),
+    "c2": ("standard",),
+    "c3": ("standard", "highmem", "highcpu"),
+}
+CUSTOM_SERIES = ("n1", "n2")
+LSSD_SERIES = ("c3",)
+MACHINE_TYPE_EXAMPLES = {
+    "n1": "n1-standard-4, n1-highmem-8, n1-highcpu-16 or custom-4-16384",
+    "n2": "n2-standard-4, n2-highmem-8, n2-highcpu-16 or n2-custom-4-16384",
+    "c2": "c2-standard-8",
+    "c3": "c3-standard-4, c3-highmem-8, c3-highcpu-4 or c3-standard-4-lssd",
+}
+PREDEFINED_TYPE = re.compile(
+    r"^(?P<series>[a-z][a-z0-9]*)-(?P<kind>[a-z]+)-(?P<cpus>\d+)(?:-(?P<suffix>lssd|metal))?$"
+)
+CUSTOM_TYPE = re.compile(r"^(?:(?P<series>[a-z][a-z0-9]*)-)?custom-(?P<cpus>\d+)-(?P<mem>\d+)(?P<ext>-ext)?$")
+SERIES_PREFIX = re.compile(r"^(?P<series>[a-z][a-z0-9]*)-[a-z0-9]")
+# The minimum CPU platforms GCE offers per machine series, from the availability table of
+# "Specify a minimum CPU platform for compute instances"
+# (https://cloud.google.com/compute/docs/instances/specify-min-cpu-platform). A platform of another
+# series is refused by GCE (n1 cannot take Intel Cascade Lake, n2 cannot take Intel Broadwell).
+MIN_CPU_PLATFORMS = {
+    "n1": ("Intel Sandy Bridge", "Intel Ivy Bridge", "Intel Haswell", "Intel Broadwell", "Intel Skylake"),
+    "n2": ("Intel Cascade Lake", "Intel Ice Lake"),
+    "c2": ("Intel Cascade Lake",),
+    "c3": ("Intel Sapphire Rapids",),
+}
+# Nested virtualization on N1 needs Haswell or later (REFERENCE section 3).
+N1_NESTED_PLATFORMS = ("Intel Haswell", "Intel Broadwell", "Intel Skylake")
 DISK_TYPES = ("pd-balanced", "pd-ssd", "pd-standard", "hyperdisk-balanced")
 MIN_BOOT_DISK_GB = 30
 # kubeadm's preflight check NumCPU refuses fewer than 2 vCPUs.
@@ -75,31 +119,56 @@ GCE_NAME = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 STACK_NAME_MAX = 30 - len("km--nodes")
 LINUX_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 VERSION = re.compile(r"^(\d+)\.(\d+)\.(\d+)$")
-MACHINE_TYPE = re.compile(r"^(?P<series>[a-z][a-z0-9]*)-(?P<kind>[a-z]+)-(?P<cpus>\d+)(-(?P<mem>\d+))?$")
 ZONE = re.compile(r"^(?P<region>[a-z]+-[a-z]+\d+)-[a-z]$")
 REGION = re.compile(r"^[a-z]+-[a-z]+\d+$")
 MIRROR_URL = re.compile(r"^https?://[^\s?#]+$")
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
-RESERVED_NAMESPACES = (
-    "default",
-    "kube-system",
-    "kube-public",
-    "kube-node-lease",
-    "kube-flannel",
-    "istio-system",
-    "istio-ingress",
-)
+# Namespaces the app may not take, with their owner.
+RESERVED_NAMESPACES = {
+    "default": "Kubernetes",
+    "kube-system": "Kubernetes",
+    "kube-public": "Kubernetes",
+    "kube-node-lease": "Kubernetes",
+    "kube-flannel": "Flannel, which this program installs",
+    "istio-system": "istiod, which this program installs",
+    "istio-ingress": "the Istio ingress gateway, which this program installs",
+}
+# The namespace of Istio's Bookinfo sample (see __main__.py), declared when bookinfo is true.
+BOOKINFO_NAMESPACE = "bookinfo"
 PRIVATE_KEY_HEADER = re.compile(r"^-----BEGIN (OPENSSH|RSA|EC) PRIVATE KEY-----")
+
+
+def show(value: object) -> str:
+    """A config value as the user writes it: true/false, JSON lists, plain numbers and strings."""
+    if value is None:
+        return "(not set)"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return json.dumps(list(value))
+    if value == "":
+        return '""'
+    return str(value)
+
+
+def set_command(key: str, value: str, index: int = 0) -> str:
+    """The `pulumi config set` command that sets `key` (one element of it for a list setting)."""
+    if key in LIST_KEYS:
+        return f"`pulumi config set --path '{PROJECT_NAME}:{key}[{index}]' {value}`"
+    return f"`pulumi config set {key} {value}`"
 
 
 @dataclass(frozen=True)
 class Problem:
     key: str
+    # The value as the user wrote it: the raw text when it did not parse, else the parsed value.
     value: object
     fix: str
+    # The element of a list setting the problem is about, if one.
+    index: int | None = None
 
     def __str__(self) -> str:
-        shown = "<secret>" if self.key in SECRET_KEYS else repr(self.value)
+        shown = "<secret>" if self.key in SECRET_KEYS else show(self.value)
         return f"{self.key} = {shown}: {self.fix}"
 
 
@@ -108,16 +177,20 @@ class SettingsError(ValueError):
 
     def __init__(self, problems: list[Problem]) -> None:
         self.problems = problems
+        how = "fix with `pulumi config set <key> <value>`"
+        if any(p.key in LIST_KEYS for p in problems):
+            how += (
+                f"; a list setting one element at a time with "
+                f"`pulumi config set --path '{PROJECT_NAME}:<key>[<index>]' <value>`"
+            )
         lines = "\n".join(f"  - {p}" for p in problems)
-        super().__init__(
-            f"{len(problems)} problem(s) in the stack settings "
-            f"(fix with `pulumi config set <key> <value>`):\n{lines}"
-        )
+        super().__init__(f"{len(problems)} problem(s) in the stack settings ({how}):\n{lines}")
 
 
 @dataclass(frozen=True)
 class Settings:
     stack: str
+    project: str
     region: str
     zone: str
     machine_type: str
@@ -158,34 +231,61 @@ class Settings:
         return versions.KATA_RELEASES[self.kata_version]
 
 
+@dataclass(frozen=True)
+class _Suggestion:
+    """A replacement value for the problem at `position`, offered only if it passes every rule."""
+
+    position: int
+    candidate: str
+    hinted_fix: str
+
+
 class _Reader:
     """Parses raw config strings, collecting problems instead of stopping at the first."""
 
     def __init__(self, raw: Mapping[str, str | None]) -> None:
         self.raw = raw
         self.problems: list[Problem] = []
+        self.suggestions: list[_Suggestion] = []
         # Keys already reported as missing or unparsable: one problem per bad value is enough.
         self.unreadable: set[str] = set()
 
-    def problem(self, key: str, value: object, fix: str) -> None:
-        if key not in self.unreadable:
-            self.problems.append(Problem(key, value, fix))
+    def problem(self, key: str, value: object, fix: str, index: int | None = None) -> int | None:
+        """Records a problem; returns its position, or None when the key was already reported."""
+        if key in self.unreadable:
+            return None
+        self.problems.append(Problem(key, value, fix, index))
+        return len(self.problems) - 1
 
-    def _value(self, key: str, parse: Callable[[str], T], kind: str, fallback: T) -> T:
+    def suggest(self, position: int | None, candidate: str, hinted_fix: str) -> None:
+        if position is not None:
+            self.suggestions.append(_Suggestion(position, candidate, hinted_fix))
+
+    def _value(
+        self, key: str, parse: Callable[[str], T], kind: str, fallback: T, missing: str | None = None
+    ) -> T:
         text = self.raw.get(key)
         if text is None:
-            self.problem(key, None, f"missing; set it with `pulumi config set {key} <value>` ({kind})")
+            self.problem(key, None, missing or f"missing; set it with {set_command(key, '<value>')} ({kind})")
             self.unreadable.add(key)
             return fallback
         try:
             return parse(text)
         except ValueError:
-            self.problem(key, text, f"must be {kind}")
+            position = self.problem(key, text, f"must be {kind}")
+            if key in LIST_KEYS and text.strip() and not text.lstrip().startswith("["):
+                # A plain string such as 203.0.113.7/32: offer it as the list's first element.
+                self.suggest(
+                    position,
+                    json.dumps([text.strip()]),
+                    f"must be {kind}; `pulumi config set {key} <value>` stores a plain string, so set "
+                    f"each element with {set_command(key, text.strip())}",
+                )
             self.unreadable.add(key)
             return fallback
 
-    def string(self, key: str) -> str:
-        return self._value(key, str, "a string", "")
+    def string(self, key: str, missing: str | None = None) -> str:
+        return self._value(key, str, "a string", "", missing)
 
     def integer(self, key: str) -> int:
         return self._value(key, int, "an integer", 0)
@@ -208,17 +308,36 @@ class _Reader:
         return self._value(key, parse, 'a list of strings, e.g. ["203.0.113.7/32"]', ())
 
 
-def _network(reader: _Reader, key: str, text: str) -> ipaddress.IPv4Network | None:
+def project_from_environment(environ: Mapping[str, str]) -> str | None:
+    """The project the gcp provider would take from the environment when gcp:project is unset."""
+    return next((environ[name] for name in PROJECT_ENV_VARS if environ.get(name)), None)
+
+
+def _network(
+    r: _Reader, key: str, text: str, listed: tuple[str, ...] | None = None, index: int | None = None
+) -> ipaddress.IPv4Network | None:
+    """Parses one CIDR: a scalar setting, or element `index` of the list setting `listed`."""
+    value: object = text if listed is None else listed
+    where = "" if index is None else f"element {index} ({text}) "
+    replace_it = "" if index is None else f"; replace it: {set_command(key, '<IPv4 CIDR>', index)}"
     try:
         net = ipaddress.ip_network(text, strict=True)
     except ValueError as err:
-        hint = ""
-        with contextlib.suppress(ValueError):
-            hint = f"; did you mean {ipaddress.ip_network(text, strict=False)}?"
-        reader.problem(key, text, f"not a valid IPv4 CIDR ({err}){hint}")
+        reason = f"{where}is not a valid IPv4 CIDR ({err})"
+        position = r.problem(key, value, reason + replace_it, index)
+        try:
+            candidate = str(ipaddress.ip_network(text, strict=False))
+        except ValueError:
+            return None
+        hint = f"did you mean {candidate}?"
+        if index is not None:
+            hint += f" {set_command(key, candidate, index)}"
+        r.suggest(position, candidate, f"{reason}; {hint}")
         return None
     if not isinstance(net, ipaddress.IPv4Network):
-        reader.problem(key, text, "must be an IPv4 CIDR (GCE firewall rules here are IPv4)")
+        r.problem(
+            key, value, f"{where}must be an IPv4 CIDR (GCE firewall rules here are IPv4){replace_it}", index
+        )
         return None
     return net
 
@@ -232,36 +351,106 @@ def _version(reader: _Reader, key: str, text: str) -> tuple[int, int, int] | Non
     return major, minor, patch
 
 
-def _check_machine_type(r: _Reader, machine_type: str, min_cpu_platform: str | None) -> str:
-    """Checks the series supports nested virtualization; returns the series ('' if unknown)."""
-    match = MACHINE_TYPE.match(machine_type)
-    if not match:
-        r.problem("machineType", machine_type, "must look like n2-standard-4 or n2-custom-4-16384")
+def _check_machine_type(r: _Reader, machine_type: str) -> str:
+    """Checks the type is a real GCE name of a series with nested virtualization and 2+ vCPUs.
+
+    Returns the series ('' if the name does not show one).
+    """
+    key = "machineType"
+    custom = CUSTOM_TYPE.match(machine_type)
+    prefix = SERIES_PREFIX.match(machine_type)
+    if custom and custom["series"] is None:
+        series = "n1"
+    elif prefix:
+        series = prefix["series"]
+    else:
+        r.problem(key, machine_type, "must look like n2-standard-4, n2-custom-4-16384 or c3-standard-4-lssd")
         return ""
-    series = match["series"]
     if series in REJECTED_SERIES:
         r.problem(
-            "machineType",
+            key,
             machine_type,
             f"{REJECTED_SERIES[series]}; use an Intel series: n2, c2, c3, or n1 with minCpuPlatform",
         )
-    elif series not in NESTED_VIRT_SERIES:
+        return series
+    if series not in NESTED_VIRT_SERIES:
         r.problem(
-            "machineType",
+            key,
             machine_type,
             f"series {series} is not known to support nested virtualization here; "
             "use n2, c2, c3, or n1 with minCpuPlatform",
         )
-    elif int(match["cpus"]) < MIN_VCPUS:
-        r.problem("machineType", machine_type, "kubeadm needs at least 2 vCPUs; use e.g. n2-standard-2")
-    if series == "n1" and min_cpu_platform not in N1_NESTED_PLATFORMS:
-        r.problem(
-            "minCpuPlatform",
-            min_cpu_platform or "",
-            "n1 machines need a minimum CPU platform of Haswell or later for nested "
-            f"virtualization; set one of {', '.join(N1_NESTED_PLATFORMS)}",
-        )
+        return series
+    predefined = PREDEFINED_TYPE.match(machine_type)
+    looks_like = f"{series} machine types look like {MACHINE_TYPE_EXAMPLES[series]}"
+    if custom:
+        cpus = int(custom["cpus"])
+        if series == "n1" and custom["series"]:
+            position = r.problem(
+                key, machine_type, f"N1 custom machine types have no series prefix; {looks_like}"
+            )
+            candidate = machine_type.removeprefix("n1-")
+            r.suggest(
+                position,
+                candidate,
+                f"N1 custom machine types have no series prefix; did you mean {candidate}?",
+            )
+            return series
+        if series not in CUSTOM_SERIES:
+            r.problem(key, machine_type, f"{series} has no custom machine types; {looks_like}")
+            return series
+    elif not predefined or predefined["kind"] not in SERIES_KINDS[series]:
+        r.problem(key, machine_type, looks_like)
+        return series
+    else:
+        cpus = int(predefined["cpus"])
+        if predefined["suffix"] == "metal":
+            r.problem(
+                key,
+                machine_type,
+                "bare-metal machine types are out of scope: this program builds VMs with nested "
+                f"virtualization; use a VM type, {looks_like}",
+            )
+            return series
+        if predefined["suffix"] == "lssd" and series not in LSSD_SERIES:
+            r.problem(key, machine_type, f"{series} has no -lssd machine types; {looks_like}")
+            return series
+    if cpus < MIN_VCPUS:
+        r.problem(key, machine_type, "kubeadm needs at least 2 vCPUs; use e.g. n2-standard-2")
     return series
+
+
+def _check_min_cpu_platform(r: _Reader, series: str, platform: str | None) -> None:
+    """Checks the platform is one GCE offers for the series (and, on n1, Haswell or later)."""
+    offered = MIN_CPU_PLATFORMS.get(series)
+    if offered is None:
+        return  # Not a supported series: the machineType problem says what to do.
+    allowed = N1_NESTED_PLATFORMS if series == "n1" else offered
+    nested = "nested virtualization on n1 needs Intel Haswell or later"
+    choose = f"set one of {', '.join(allowed)}" + ("" if series == "n1" else ", or leave it empty")
+    if platform is None:
+        if series == "n1":
+            r.problem(
+                "minCpuPlatform",
+                "",
+                "n1 machines need a minimum CPU platform of Haswell or later for nested "
+                f"virtualization; {choose}",
+            )
+        return
+    if platform in allowed:
+        return
+    if platform in offered:
+        position = r.problem("minCpuPlatform", platform, f"{nested}; {choose}")
+    else:
+        elsewhere = [s for s, platforms in MIN_CPU_PLATFORMS.items() if platform in platforms]
+        found = f" ({platform} is offered on {', '.join(elsewhere)})" if elsewhere else ""
+        reason = f"GCE offers {series} machines the minimum CPU platforms {', '.join(offered)}{found}"
+        if series == "n1":
+            reason += f", and {nested}"
+        position = r.problem("minCpuPlatform", platform, f"{reason}; {choose}")
+    spelled = {re.sub(r"\s+", "", p.lower()): p for p in allowed}.get(re.sub(r"\s+", "", platform.lower()))
+    if spelled:
+        r.suggest(position, spelled, f"GCE names it {spelled}; did you mean {spelled}?")
 
 
 def _check_disk(r: _Reader, series: str, disk_type: str, size_gb: int) -> None:
@@ -300,18 +489,6 @@ def _check_networks(r: _Reader, subnet: str, pods: str, services: str) -> None:
                 )
 
 
-def _check_allowed_cidrs(r: _Reader, key: str, cidrs: tuple[str, ...], purpose: str) -> None:
-    if not cidrs:
-        r.problem(
-            key,
-            [],
-            f"list the IPv4 CIDRs allowed to reach {purpose}, including the machine that runs "
-            f'`pulumi up` (e.g. ["203.0.113.7/32"]); nothing is opened to the world by default',
-        )
-    for cidr in cidrs:
-        _network(r, key, cidr)
-
-
 def _check_versions(r: _Reader, kubernetes_version: str, kata_version: str) -> None:
     k8s = _version(r, "kubernetesVersion", kubernetes_version)
     if k8s and (k8s[0] != 1 or k8s[1] not in versions.KUBERNETES_MINORS):
@@ -348,8 +525,44 @@ def _check_versions(r: _Reader, kubernetes_version: str, kata_version: str) -> N
         )
 
 
+def _check_allowed_cidrs(r: _Reader, key: str, cidrs: tuple[str, ...], purpose: str) -> None:
+    if not cidrs:
+        r.problem(
+            key,
+            [],
+            f"list the IPv4 CIDRs allowed to reach {purpose}, including the machine that runs "
+            f"`pulumi up`, one element at a time: {set_command(key, '203.0.113.7/32')}; nothing is "
+            "opened to the world by default",
+        )
+    for index, cidr in enumerate(cidrs):
+        _network(r, key, cidr, cidrs, index)
+
+
+def _check_project(r: _Reader, project: str) -> None:
+    if not project:
+        r.problem(
+            "gcp:project",
+            project,
+            "empty; set your project's ID with `pulumi config set gcp:project <id>`",
+        )
+    elif not PROJECT_ID.match(project):
+        r.problem(
+            "gcp:project",
+            project,
+            "not a Google Cloud project ID (6 to 30 lowercase letters, digits or hyphens, starting "
+            "with a letter and not ending with a hyphen; the ID, not the project's name or number); "
+            "set it with `pulumi config set gcp:project <id>`",
+        )
+
+
 def _check_mesh(
-    r: _Reader, istio_version: str, istio_cni: bool, node_port: int, namespace: str, image: str
+    r: _Reader,
+    istio_version: str,
+    istio_cni: bool,
+    node_port: int,
+    namespace: str,
+    image: str,
+    bookinfo: bool,
 ) -> None:
     istio = _version(r, "istioVersion", istio_version)
     if istio and istio[:2] != versions.ISTIO_MINOR:
@@ -369,19 +582,41 @@ def _check_mesh(
         )
     if not 30000 <= node_port <= 32767:
         r.problem("gatewayNodePort", node_port, "must lie in Kubernetes' NodePort range 30000-32767")
-    if not DNS_LABEL.match(namespace) or namespace in RESERVED_NAMESPACES:
+    if not DNS_LABEL.match(namespace):
         r.problem(
             "appNamespace",
             namespace,
-            f"must be a DNS label (lowercase letters, digits, dashes) other than {', '.join(RESERVED_NAMESPACES)}",
+            "must be a DNS label (at most 63 lowercase letters, digits and dashes), e.g. "
+            "`pulumi config set appNamespace httpbin`",
+        )
+    elif namespace in RESERVED_NAMESPACES:
+        r.problem(
+            "appNamespace",
+            namespace,
+            f"namespace {namespace} belongs to {RESERVED_NAMESPACES[namespace]}; choose another, e.g. "
+            "`pulumi config set appNamespace httpbin`",
+        )
+    elif bookinfo and namespace == BOOKINFO_NAMESPACE:
+        r.problem(
+            "appNamespace",
+            namespace,
+            f"bookinfo is true and Bookinfo gets its own namespace {BOOKINFO_NAMESPACE}: the program would "
+            "declare two Namespaces with that name. Choose another appNamespace "
+            "(`pulumi config set appNamespace httpbin`) or turn Bookinfo off "
+            "(`pulumi config set bookinfo false`)",
         )
     if not image or any(c.isspace() for c in image):
         r.problem("httpbinImage", image, "must be an image reference such as docker.io/kennethreitz/httpbin")
 
 
-def parse_settings(raw: Mapping[str, str | None], stack: str) -> Settings:
-    """Builds Settings from raw config strings, or raises SettingsError listing every problem."""
+def _read(raw: Mapping[str, str | None], stack: str) -> tuple[_Reader, Settings | None]:
+    """Validates raw config strings: the reader's problems, and Settings when there are none."""
     r = _Reader(raw)
+    project = r.string(
+        "gcp:project",
+        missing="missing; set your project's ID with `pulumi config set gcp:project <id>` (or export "
+        f"{PROJECT_ENV_VARS[0]}, which the gcp provider also reads)",
+    )
     region = r.string("gcp:region")
     zone = r.string("gcp:zone")
     machine_type = r.string("machineType")
@@ -419,6 +654,8 @@ def parse_settings(raw: Mapping[str, str | None], stack: str) -> Settings:
             "must be lowercase letters, digits and dashes, start with a letter and have at most "
             f"{STACK_NAME_MAX} characters (it is part of GCE resource names)",
         )
+    if "gcp:project" not in r.unreadable:
+        _check_project(r, project)
     if not REGION.match(region):
         r.problem("gcp:region", region, "must be a region, e.g. `pulumi config set gcp:region us-central1`")
     zone_match = ZONE.match(zone)
@@ -427,7 +664,8 @@ def parse_settings(raw: Mapping[str, str | None], stack: str) -> Settings:
     elif zone_match["region"] != region:
         r.problem("gcp:zone", zone, f"lies in region {zone_match['region']}, not in gcp:region {region}")
 
-    series = _check_machine_type(r, machine_type, min_cpu_platform)
+    series = _check_machine_type(r, machine_type)
+    _check_min_cpu_platform(r, series, min_cpu_platform)
     if control_plane_count != 1:
         r.problem(
             "controlPlaneCount",
@@ -459,12 +697,13 @@ def parse_settings(raw: Mapping[str, str | None], stack: str) -> Settings:
             "must be an http(s) base URL without query, e.g. https://storage.googleapis.com/my-bucket/kata-mesh",
         )
 
-    _check_mesh(r, istio_version, istio_cni, gateway_node_port, app_namespace, httpbin_image)
+    _check_mesh(r, istio_version, istio_cni, gateway_node_port, app_namespace, httpbin_image, bookinfo)
 
     if r.problems:
-        raise SettingsError(r.problems)
-    return Settings(
+        return r, None
+    return r, Settings(
         stack=stack,
+        project=project,
         region=region,
         zone=zone,
         machine_type=machine_type,
@@ -496,6 +735,51 @@ def parse_settings(raw: Mapping[str, str | None], stack: str) -> Settings:
     )
 
 
+def _substituted(raw: Mapping[str, str | None], problem: Problem, candidate: str) -> dict[str, str | None]:
+    """The raw config with the candidate in place of the problem's value (or list element)."""
+    trial = dict(raw)
+    if problem.index is None:
+        trial[problem.key] = candidate
+    else:
+        items = json.loads(raw[problem.key] or "[]")
+        items[problem.index] = candidate
+        trial[problem.key] = json.dumps(items)
+    return trial
+
+
+def _with_hints(raw: Mapping[str, str | None], stack: str, reader: _Reader) -> list[Problem]:
+    """The reader's problems, with each suggestion that passes every rule added to its fix.
+
+    Suggestions are tried in order, each together with those already kept: one is kept when, with
+    all their candidates substituted, none of their keys (or list elements) has a problem left and
+    no problem appears that the config did not already have. So a user who follows every hint
+    gets no new problem from them (a corrected serviceCidr may not overlap a corrected subnetCidr).
+    """
+    known = {(p.key, p.index, p.fix) for p in reader.problems}
+    kept: list[_Suggestion] = []
+    for suggestion in reader.suggestions:
+        trying = [*kept, suggestion]
+        trial_raw = dict(raw)
+        for s in trying:
+            trial_raw = _substituted(trial_raw, reader.problems[s.position], s.candidate)
+        trial, _ = _read(trial_raw, stack)
+        fixed = {(reader.problems[s.position].key, reader.problems[s.position].index) for s in trying}
+        if all((p.key, p.index) not in fixed and (p.key, p.index, p.fix) in known for p in trial.problems):
+            kept.append(suggestion)
+    problems = list(reader.problems)
+    for s in kept:
+        problems[s.position] = replace(problems[s.position], fix=s.hinted_fix)
+    return problems
+
+
+def parse_settings(raw: Mapping[str, str | None], stack: str) -> Settings:
+    """Builds Settings from raw config strings, or raises SettingsError listing every problem."""
+    reader, settings = _read(raw, stack)
+    if settings is None:
+        raise SettingsError(_with_hints(raw, stack, reader))
+    return settings
+
+
 def load_settings() -> Settings:
     """Reads the stack's config through the Pulumi SDK and validates it."""
     import pulumi
@@ -504,4 +788,6 @@ def load_settings() -> Settings:
     gcp = pulumi.Config("gcp")
     raw: dict[str, str | None] = {key: project.get(key) for key in PROJECT_KEYS}
     raw.update({key: gcp.get(key.split(":", 1)[1]) for key in GCP_KEYS})
+    # Like the gcp provider, fall back to the project environment variables.
+    raw["gcp:project"] = raw["gcp:project"] or project_from_environment(os.environ)
     return parse_settings(raw, pulumi.get_stack())

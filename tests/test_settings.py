@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import re
+from typing import ClassVar
+
+import pulumi
 import pytest
 import yaml
 from harness import PROJECT, ROOT, stack_config
 
-from components.settings import PROJECT_KEYS, SettingsError, parse_settings
+from components.settings import (
+    PROJECT_KEYS,
+    Problem,
+    SettingsError,
+    load_settings,
+    parse_settings,
+    project_from_environment,
+)
 
 GOOD_KEY = (
     "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\n-----END OPENSSH PRIVATE KEY-----\n"
@@ -22,10 +33,20 @@ def raw(**overrides: object) -> dict[str, str | None]:
     return values
 
 
-def problems(stack: str = "dev", **overrides: object) -> dict[str, str]:
+def problem_list(stack: str = "dev", **overrides: object) -> list[Problem]:
     with pytest.raises(SettingsError) as caught:
         parse_settings(raw(**overrides), stack)
-    return {p.key: str(p) for p in caught.value.problems}
+    return caught.value.problems
+
+
+def problems(stack: str = "dev", **overrides: object) -> dict[str, str]:
+    return {p.key: str(p) for p in problem_list(stack, **overrides)}
+
+
+def error_message(**overrides: object) -> str:
+    with pytest.raises(SettingsError) as caught:
+        parse_settings(raw(**overrides), "dev")
+    return str(caught.value)
 
 
 def test_pulumi_yaml_declares_exactly_the_keys_settings_reads_each_with_type_description_default():
@@ -50,28 +71,68 @@ def test_defaults_with_operator_cidrs_parse():
     ("machine_type", "reason"),
     [
         ("e2-standard-4", "E2 machines do not support nested virtualization"),
+        ("e2-micro", "E2 machines do not support nested virtualization"),
+        ("e2-custom-4-8192", "E2 machines do not support nested virtualization"),
         ("n2d-standard-4", "AMD"),
         ("c2d-standard-4", "AMD"),
         ("c3d-standard-4", "AMD"),
         ("t2d-standard-4", "AMD"),
         ("t2a-standard-4", "Arm"),
         ("c4a-standard-4", "Arm"),
+        ("f1-micro", "shared-core f1 machines do not support nested virtualization"),
+        ("g1-small", "shared-core g1 machines do not support nested virtualization"),
         ("m3-megamem-64", "not known to support nested virtualization"),
         ("n2-standard-1", "at least 2 vCPUs"),
         ("n2standard4", "must look like"),
+        ("c3-highcpu-192-metal", "bare-metal machine types are out of scope"),
+        ("c3-custom-4-16384", "c3 has no custom machine types"),
+        ("n2-standard-4-lssd", "n2 has no -lssd machine types"),
+        ("c2-highmem-8", "c2 machine types look like c2-standard-8"),
+        ("n2-superfast-4", "n2 machine types look like"),
     ],
 )
 def test_machine_types_without_intel_nested_virtualization_are_rejected_with_the_reason(machine_type, reason):
     found = problems(machineType=machine_type)
     assert reason in found["machineType"]
-    assert repr(machine_type) in found["machineType"]
+    assert found["machineType"].startswith(f"machineType = {machine_type}: ")
 
 
 @pytest.mark.parametrize(
-    "machine_type", ["n2-standard-2", "c2-standard-8", "c3-standard-4", "n2-custom-4-16384"]
+    "machine_type",
+    [
+        "n2-standard-2",
+        "n2-standard-4",
+        "n2-highmem-8",
+        "n2-highcpu-16",
+        "n2-custom-4-16384",
+        "n2-custom-4-16384-ext",
+        "c2-standard-8",
+        "c3-standard-4",
+        "c3-highcpu-4",
+        "c3-standard-4-lssd",
+    ],
 )
 def test_intel_series_with_nested_virtualization_are_accepted(machine_type):
     assert parse_settings(raw(machineType=machine_type), "dev").machine_type == machine_type
+
+
+@pytest.mark.parametrize(
+    "machine_type", ["n1-standard-4", "n1-highmem-8", "custom-4-16384", "custom-4-16384-ext"]
+)
+def test_n1_types_including_custom_ones_without_a_series_prefix_are_accepted(machine_type):
+    settings = parse_settings(raw(machineType=machine_type, minCpuPlatform="Intel Haswell"), "dev")
+    assert settings.machine_type == machine_type
+
+
+def test_n1_custom_types_are_held_to_the_n1_rules():
+    # custom-... is N1: it needs the platform, and 2 vCPUs like any other type.
+    assert "Haswell or later" in problems(machineType="custom-4-16384")["minCpuPlatform"]
+    assert (
+        "at least 2 vCPUs"
+        in problems(machineType="custom-1-4096", minCpuPlatform="Intel Skylake")["machineType"]
+    )
+    message = problems(machineType="n1-custom-4-16384", minCpuPlatform="Intel Skylake")["machineType"]
+    assert "N1 custom machine types have no series prefix; did you mean custom-4-16384?" in message
 
 
 def test_n1_needs_haswell_or_later():
@@ -80,8 +141,85 @@ def test_n1_needs_haswell_or_later():
         "Haswell"
         in problems(machineType="n1-standard-4", minCpuPlatform="Intel Sandy Bridge")["minCpuPlatform"]
     )
+    assert (
+        "Haswell"
+        in problems(machineType="n1-standard-4", minCpuPlatform="Intel Ivy Bridge")["minCpuPlatform"]
+    )
     settings = parse_settings(raw(machineType="n1-standard-4", minCpuPlatform="Intel Skylake"), "dev")
     assert settings.min_cpu_platform == "Intel Skylake"
+
+
+# GCE's minimum CPU platforms per machine series ("Specify a minimum CPU platform for compute
+# instances", https://cloud.google.com/compute/docs/instances/specify-min-cpu-platform); N1 is
+# further held to Haswell or later for nested virtualization.
+GCE_MIN_CPU_PLATFORMS = [
+    ("n1-standard-4", "Intel Haswell"),
+    ("n1-standard-4", "Intel Broadwell"),
+    ("n1-standard-4", "Intel Skylake"),
+    ("n2-standard-4", "Intel Cascade Lake"),
+    ("n2-standard-4", "Intel Ice Lake"),
+    ("c2-standard-8", "Intel Cascade Lake"),
+    ("c3-standard-4", "Intel Sapphire Rapids"),
+]
+
+
+@pytest.mark.parametrize(("machine_type", "platform"), GCE_MIN_CPU_PLATFORMS)
+def test_min_cpu_platforms_gce_offers_for_the_series_are_accepted(machine_type, platform):
+    settings = parse_settings(raw(machineType=machine_type, minCpuPlatform=platform), "dev")
+    assert settings.min_cpu_platform == platform
+
+
+@pytest.mark.parametrize(
+    ("machine_type", "platform", "offered"),
+    [
+        ("n2-standard-4", "foo", "Intel Cascade Lake, Intel Ice Lake"),
+        ("n2-standard-4", "Intel Broadwell", "Intel Cascade Lake, Intel Ice Lake"),
+        ("n2-standard-4", "Intel Sapphire Rapids", "Intel Cascade Lake, Intel Ice Lake"),
+        ("c2-standard-8", "Intel Ice Lake", "Intel Cascade Lake"),
+        ("c3-standard-4", "Intel Ice Lake", "Intel Sapphire Rapids"),
+        ("n1-standard-4", "Intel Cascade Lake", "Intel Haswell, Intel Broadwell, Intel Skylake"),
+    ],
+)
+def test_min_cpu_platforms_of_another_series_are_rejected_naming_the_ones_gce_offers(
+    machine_type, platform, offered
+):
+    message = problems(machineType=machine_type, minCpuPlatform=platform)["minCpuPlatform"]
+    assert message.startswith(f"minCpuPlatform = {platform}: ")
+    assert f"set one of {offered}" in message
+
+
+def test_n1_is_told_that_cascade_lake_belongs_to_other_series():
+    message = problems(machineType="n1-standard-4", minCpuPlatform="Intel Cascade Lake")["minCpuPlatform"]
+    assert "Intel Cascade Lake is offered on n2, c2" in message
+    assert "Haswell or later" in message
+
+
+@pytest.mark.parametrize("machine_type", ["n2-standard-4", "c2-standard-8", "c3-standard-4"])
+def test_an_empty_min_cpu_platform_leaves_the_choice_to_gce_except_on_n1(machine_type):
+    assert parse_settings(raw(machineType=machine_type, minCpuPlatform=""), "dev").min_cpu_platform is None
+
+
+def test_a_min_cpu_platform_spelled_differently_gets_gce_s_name_as_hint():
+    message = problems(machineType="n1-standard-4", minCpuPlatform="intel skylake")["minCpuPlatform"]
+    assert "did you mean Intel Skylake?" in message
+    message = problems(machineType="n2-standard-4", minCpuPlatform="Intel IceLake")["minCpuPlatform"]
+    assert "did you mean Intel Ice Lake?" in message
+
+
+def test_pulumi_yaml_min_cpu_platform_description_lists_what_the_settings_accept_per_series():
+    """Each "series: A, B or C" in the description must be accepted for that series, and the
+    description must list no platform for a series that GCE does not offer on it."""
+    description = yaml.safe_load((ROOT / "Pulumi.yaml").read_text())["config"]["minCpuPlatform"][
+        "description"
+    ]
+    listed = dict(re.findall(r"\b(n1|n2|c2|c3): ([^;.(]+)", description))
+    assert set(listed) == {"n1", "n2", "c2", "c3"}
+    example = {"n1": "n1-standard-4", "n2": "n2-standard-4", "c2": "c2-standard-8", "c3": "c3-standard-4"}
+    for series, platforms in listed.items():
+        for platform in re.split(r", | or ", platforms.strip()):
+            settings = parse_settings(raw(machineType=example[series], minCpuPlatform=platform), "dev")
+            assert settings.min_cpu_platform == platform, (series, platform)
+    assert "Intel Cascade Lake" not in listed["n1"]
 
 
 def test_counts():
@@ -90,7 +228,7 @@ def test_counts():
     assert "must be an integer" in problems(workerCount="two")["workerCount"]
     with pytest.raises(SettingsError) as caught:
         parse_settings(raw(controlPlaneCount="one"), "dev")
-    assert [str(p) for p in caught.value.problems] == ["controlPlaneCount = 'one': must be an integer"]
+    assert [str(p) for p in caught.value.problems] == ["controlPlaneCount = one: must be an integer"]
     assert parse_settings(raw(workerCount="0"), "dev").worker_count == 0
 
 
@@ -183,7 +321,7 @@ def test_every_problem_is_reported_at_once_with_key_value_and_fix():
     }
     message = str(caught.value)
     assert message.startswith("7 problem(s) in the stack settings")
-    assert "machineType = 'e2-standard-4': E2 machines" in message
+    assert "machineType = e2-standard-4: E2 machines" in message
     assert "use an Intel series" in message
 
 
@@ -197,8 +335,199 @@ def test_istio_cni_is_rejected_while_kata_workloads_are_meshed_with_the_reason()
 def test_mesh_settings():
     assert "1.30.x" in problems(istioVersion="1.29.2")["istioVersion"]
     assert "30000-32767" in problems(gatewayNodePort="8080")["gatewayNodePort"]
-    assert "DNS label" in problems(appNamespace="istio-system")["appNamespace"]
     assert "DNS label" in problems(appNamespace="Kata_Apps")["appNamespace"]
     assert "image reference" in problems(httpbinImage="")["httpbinImage"]
     settings = parse_settings(raw(ingressGateway="true", runcTwin="true"), "dev")
     assert (settings.ingress_gateway, settings.runc_twin, settings.gateway_node_port) == (True, True, 30080)
+
+
+@pytest.mark.parametrize(
+    ("namespace", "owner"),
+    [
+        ("default", "Kubernetes"),
+        ("kube-system", "Kubernetes"),
+        ("kube-flannel", "Flannel"),
+        ("istio-system", "istiod"),
+        ("istio-ingress", "Istio ingress gateway"),
+    ],
+)
+def test_the_app_namespace_cannot_be_one_kubernetes_or_the_program_owns(namespace, owner):
+    message = problems(appNamespace=namespace)["appNamespace"]
+    assert message.startswith(f"appNamespace = {namespace}: namespace {namespace} belongs to ")
+    assert owner in message
+    assert "`pulumi config set appNamespace httpbin`" in message
+
+
+def test_the_app_namespace_cannot_be_bookinfo_s_while_bookinfo_is_on():
+    message = problems(appNamespace="bookinfo", bookinfo="true")["appNamespace"]
+    assert message.startswith("appNamespace = bookinfo: bookinfo is true")
+    assert "two Namespaces" in message
+    assert "`pulumi config set appNamespace httpbin`" in message
+    assert "`pulumi config set bookinfo false`" in message
+    # Without Bookinfo, nothing else declares a namespace named bookinfo.
+    assert parse_settings(raw(appNamespace="bookinfo", bookinfo="false"), "dev").app_namespace == "bookinfo"
+    settings = parse_settings(raw(appNamespace="httpbin", bookinfo="true"), "dev")
+    assert (settings.app_namespace, settings.bookinfo) == ("httpbin", True)
+
+
+# Where the gcp provider also reads the project, in its order of precedence (Pulumi registry,
+# "Google Cloud (GCP) Classic: Installation & Configuration").
+PROJECT_ENV_ORDER = ["GOOGLE_PROJECT", "GOOGLE_CLOUD_PROJECT", "GCLOUD_PROJECT", "CLOUDSDK_CORE_PROJECT"]
+
+
+def test_the_project_must_be_set_with_the_fix():
+    message = problems(gcp__project=None)["gcp:project"]
+    assert message.startswith("gcp:project = (not set): missing")
+    assert "`pulumi config set gcp:project <id>`" in message
+    assert "GOOGLE_PROJECT" in message
+    assert "`pulumi config set gcp:project <id>`" in problems(gcp__project="")["gcp:project"]
+
+
+@pytest.mark.parametrize(
+    "project",
+    [
+        "abcde",  # 5 characters
+        "a" * 31,
+        "My-Project",
+        "my_project",
+        "1my-project",
+        "my-project-",
+        "123456789012",  # a project number, not the ID
+    ],
+)
+def test_a_malformed_project_id_is_rejected(project):
+    message = problems(gcp__project=project)["gcp:project"]
+    assert message.startswith(f"gcp:project = {project}: not a Google Cloud project ID")
+    assert "`pulumi config set gcp:project <id>`" in message
+
+
+@pytest.mark.parametrize(
+    "project", ["abcdef", "a" + "b" * 29, "kata-mesh-test", "p-2024", "example.com:my-app"]
+)
+def test_well_formed_project_ids_are_accepted(project):
+    assert parse_settings(raw(gcp__project=project), "dev").project == project
+
+
+def test_the_project_comes_from_the_provider_s_environment_variables_in_their_order():
+    assert project_from_environment({}) is None
+    everything = {name: f"from-{name.lower().replace('_', '-')}" for name in PROJECT_ENV_ORDER}
+    for position, name in enumerate(PROJECT_ENV_ORDER):
+        environ = {later: everything[later] for later in PROJECT_ENV_ORDER[position:]}
+        assert project_from_environment(environ) == everything[name]
+    assert project_from_environment({"GOOGLE_PROJECT": "", "GCLOUD_PROJECT": "gcloud-one"}) == "gcloud-one"
+
+
+class FakeConfig:
+    """pulumi.Config over a flat "namespace:key" mapping, as load_settings reads it."""
+
+    values: ClassVar[dict[str, str]] = {}
+
+    def __init__(self, name: str | None = None) -> None:
+        self.namespace = name or PROJECT
+
+    def get(self, key: str) -> str | None:
+        return self.values.get(f"{self.namespace}:{key}")
+
+
+@pytest.fixture
+def pulumi_config(monkeypatch):
+    for name in PROJECT_ENV_ORDER:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(pulumi, "Config", FakeConfig)
+    monkeypatch.setattr(pulumi, "get_stack", lambda: "dev")
+    monkeypatch.setattr(FakeConfig, "values", stack_config("dev"))
+    return FakeConfig.values
+
+
+def test_load_settings_reads_the_project_from_config_first_then_the_environment(pulumi_config, monkeypatch):
+    assert load_settings().project == pulumi_config["gcp:project"]
+    monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "env-project")
+    assert load_settings().project == pulumi_config["gcp:project"]
+    del pulumi_config["gcp:project"]
+    assert load_settings().project == "env-project"
+    monkeypatch.delenv("GOOGLE_CLOUD_PROJECT")
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    assert [p.key for p in caught.value.problems] == ["gcp:project"]
+
+
+def test_a_cidr_hint_is_offered_only_when_the_corrected_value_passes_every_rule():
+    assert "did you mean 10.10.0.0/24?" in problems(subnetCidr="10.10.0.1/24")["subnetCidr"]
+    assert "did you mean 10.96.0.0/12?" in problems(serviceCidr="10.96.0.1/12")["serviceCidr"]
+    # 10.0.0.0/12 would overlap the default subnetCidr 10.10.0.0/24.
+    found = problems(serviceCidr="10.1.0.0/12")
+    assert "has host bits set" in found["serviceCidr"]
+    assert "did you mean" not in found["serviceCidr"]
+    # 10.244.0.0/16 is podCidr itself: the overlap would be reported on podCidr, not subnetCidr.
+    assert "did you mean" not in problems(subnetCidr="10.244.1.1/16")["subnetCidr"]
+    # An IPv6 network is never a valid answer here.
+    assert "did you mean" not in problems(subnetCidr="fd00::1/64")["subnetCidr"]
+    # Hints are judged together: following the subnetCidr hint (10.10.0.0/24) and a serviceCidr
+    # hint (10.0.0.0/12) would make the two overlap, so only the first is offered.
+    found = problems(subnetCidr="10.10.0.1/24", serviceCidr="10.1.0.0/12")
+    assert "did you mean 10.10.0.0/24?" in found["subnetCidr"]
+    assert "did you mean" not in found["serviceCidr"]
+
+
+def test_list_element_hints_are_checked_too_and_show_the_path_form():
+    message = problems(sshAllowedCidrs='["198.51.100.7/32", "192.0.2.1/28"]')["sshAllowedCidrs"]
+    assert message.startswith(
+        'sshAllowedCidrs = ["198.51.100.7/32", "192.0.2.1/28"]: element 1 (192.0.2.1/28)'
+    )
+    assert (
+        "did you mean 192.0.2.0/28? `pulumi config set --path 'kata-mesh:sshAllowedCidrs[1]' 192.0.2.0/28`"
+        in message
+    )
+    # Two bad elements: each hint is judged on its own element.
+    found = problem_list(apiAllowedCidrs='["198.51.100.7/24", "192.0.2.1/28"]')
+    fixes = [p.fix for p in found if p.key == "apiAllowedCidrs"]
+    assert [p.index for p in found if p.key == "apiAllowedCidrs"] == [0, 1]
+    assert "did you mean 198.51.100.0/24?" in fixes[0]
+    assert "did you mean 192.0.2.0/28?" in fixes[1]
+    # The corrected IPv6 element would still fail the IPv4 rule: no hint, the path form to replace it.
+    message = problems(sshAllowedCidrs='["2001:db8::1/32"]')["sshAllowedCidrs"]
+    assert "did you mean" not in message
+    assert "replace it: `pulumi config set --path 'kata-mesh:sshAllowedCidrs[0]' <IPv4 CIDR>`" in message
+
+
+def test_a_list_setting_given_as_a_plain_string_is_told_the_path_form_with_its_value():
+    message = problems(apiAllowedCidrs="203.0.113.7/32")["apiAllowedCidrs"]
+    assert message.startswith("apiAllowedCidrs = 203.0.113.7/32: must be a list of strings")
+    assert "`pulumi config set --path 'kata-mesh:apiAllowedCidrs[0]' 203.0.113.7/32`" in message
+    # As a one-element list, an IPv6 value would still fail: no command with it is offered.
+    message = problems(apiAllowedCidrs="2001:db8::/32")["apiAllowedCidrs"]
+    assert "list of strings" in message
+    assert "--path" not in message
+
+
+def test_values_are_shown_as_the_user_writes_them():
+    found = problems(
+        istioCni="true",
+        workerCount="-1",
+        sshAllowedCidrs="[]",
+        apiAllowedCidrs='["0.0.0.0/0", "10.0.0.1/8"]',
+        machineType="n1-standard-4",
+        gcp__zone=None,
+    )
+    assert found["istioCni"].startswith("istioCni = true: ")
+    assert found["workerCount"].startswith("workerCount = -1: ")
+    assert found["sshAllowedCidrs"].startswith("sshAllowedCidrs = []: ")
+    assert found["apiAllowedCidrs"].startswith('apiAllowedCidrs = ["0.0.0.0/0", "10.0.0.1/8"]: ')
+    assert found["minCpuPlatform"].startswith('minCpuPlatform = "": ')
+    assert found["gcp:zone"].startswith("gcp:zone = (not set): ")
+
+
+def test_list_fixes_use_the_path_form_because_config_set_stores_a_plain_string():
+    message = problems(sshAllowedCidrs="[]")["sshAllowedCidrs"]
+    assert "`pulumi config set --path 'kata-mesh:sshAllowedCidrs[0]' 203.0.113.7/32`" in message
+    assert "--json" not in error_message(sshAllowedCidrs="[]", apiAllowedCidrs="[]")
+
+
+def test_the_error_header_tells_how_to_set_list_settings_only_when_one_is_wrong():
+    with_list = error_message(sshAllowedCidrs="[]")
+    header = with_list.splitlines()[0]
+    assert "fix with `pulumi config set <key> <value>`" in header
+    assert "`pulumi config set --path 'kata-mesh:<key>[<index>]' <value>`" in header
+    header = error_message(workerCount="-1").splitlines()[0]
+    assert "fix with `pulumi config set <key> <value>`" in header
+    assert "--path" not in header
