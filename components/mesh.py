@@ -26,9 +26,12 @@ class MeshArgs:
 
 
 def istiod_values() -> dict:
-    """istiod's values: sidecar injection with istio-init; no CNI (it cannot redirect Kata pods)."""
+    """istiod's values: sidecar injection with istio-init; no CNI (it cannot redirect Kata pods).
+
+    Since Istio 1.24 the istiod chart's values are flat (`cni.enabled`; the chart still copies the
+    older `pilot.*` keys up), so the flat names are used."""
     return {
-        "pilot": {"cni": {"enabled": False}},
+        "cni": {"enabled": False},
         # The app starts only once its proxy is up, so its first requests do not fail.
         "meshConfig": {
             "accessLogFile": "/dev/stdout",

@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
-# Installs what the checks need (into ./venv, plus Debian packages when run as root) and runs
-# every check: ruff, pyright, shellcheck and the pytest suite (Pulumi mock runs included).
+# Installs what the checks need (scripts/setup.sh: ./venv and helm; plus Debian packages when run
+# as root) and runs every check: ruff, pyright, shellcheck and the pytest suite (Pulumi mock runs,
+# the upstream charts rendered by helm, the offline plan).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 # Debian's containerd loads the rendered 1.x config for real; zstd packs the test Kata release;
-# jq runs inside the verification scripts.
-debian_packages=(containerd zstd jq)
+# jq runs inside the verification scripts; graphviz draws the plan's graph.
+declare -A debian_packages=([containerd]=containerd [zstd]=zstd [jq]=jq [dot]=graphviz)
 missing=()
-for pkg in "${debian_packages[@]}"; do
-  command -v "$pkg" >/dev/null || missing+=("$pkg")
+for command_name in "${!debian_packages[@]}"; do
+  command -v "$command_name" >/dev/null || missing+=("${debian_packages[$command_name]}")
 done
 if ((${#missing[@]} > 0)); then
   if ((EUID == 0)); then
@@ -43,11 +44,7 @@ if [[ -x $containerd2 ]]; then
   export KATA_MESH_CONTAINERD2=$PWD/$containerd2
 fi
 
-python_bin="${PYTHON:-python3}"
-if [[ ! -x venv/bin/python ]]; then
-  "$python_bin" -m venv venv
-fi
-venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+bash scripts/setup.sh
 
 echo "== ruff"
 venv/bin/ruff check .

@@ -1,8 +1,5 @@
-"""Runs __main__.py under the Pulumi SDK's own mock engine and records what it declares.
-
-The CLI applies Pulumi.yaml defaults and the stack file before the program starts; `stack_config`
-does the same here, so the program runs on exactly the config `pulumi up` would give it.
-"""
+"""The test side of the mock engine: the operator's config, mocks that compute what the real
+providers would (with recorded samples for the proof's steps), and one cached run per stack."""
 
 from __future__ import annotations
 
@@ -10,34 +7,52 @@ import functools
 import hashlib
 import json
 import os
-import runpy
-import shlex
 import shutil
-import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pulumi
 import pytest
-import yaml
-from google.protobuf import json_format
 from pulumi.runtime import mocks as pulumi_mocks
-from pulumi.runtime import rpc
-from pulumi.runtime.stack import run_in_stack
-from pulumi.runtime.sync_await import _sync_await
 
-ROOT = Path(__file__).resolve().parents[1]
-PROJECT_FILE = yaml.safe_load((ROOT / "Pulumi.yaml").read_text())
-PROJECT = PROJECT_FILE["name"]
-STACKS = sorted(
-    p.name.removeprefix("Pulumi.").removesuffix(".yaml") for p in (ROOT / "stacks").glob("Pulumi.*.yaml")
+from offline.engine import (
+    PROJECT,
+    PROJECT_FILE,
+    ROOT,
+    SECRET_SIG,
+    SECRET_VALUE,
+    STACKS,
+    UNKNOWN,
+    ProgramRun,
+    RecordingMonitor,
+    Registration,
+    as_manifest,
+    command_args,
+    config_string,
+    plain_strings,
+    project_defaults,
 )
-# The Pulumi SDK's marker for a secret value on the wire.
-SECRET_SIG = rpc._special_sig_key
-SECRET_VALUE = rpc._special_secret_sig
-UNKNOWN = rpc.UNKNOWN
+from offline.engine import run_program as run_engine
+from offline.engine import stack_config as engine_stack_config
+
+__all__ = [
+    "PROJECT",
+    "PROJECT_FILE",
+    "ROOT",
+    "SECRET_SIG",
+    "SECRET_VALUE",
+    "STACKS",
+    "UNKNOWN",
+    "ProgramRun",
+    "RecordingMonitor",
+    "Registration",
+    "as_manifest",
+    "command_args",
+    "config_string",
+    "plain_strings",
+    "project_defaults",
+]
 
 # What each README user adds with `pulumi config set` before the first `pulumi up`.
 OPERATOR_CONFIG: dict[str, Any] = {
@@ -83,6 +98,8 @@ def require_charts() -> Path:
             pytest.fail(reason)
         pytest.skip(reason)
     return CHARTS_DIR
+
+
 KATA_GUEST_KERNEL = "6.12.47"
 
 
@@ -137,33 +154,8 @@ def sample_evidence(node: str, processes: str = "ps-args-worker.txt") -> dict:
     }
 
 
-def config_string(value: Any) -> str:
-    """Renders a YAML config value the way the CLI hands it to the program."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (list, dict)):
-        return json.dumps(value)
-    return str(value)
-
-
-def project_defaults() -> dict[str, str]:
-    return {
-        f"{PROJECT}:{key}": config_string(decl["default"]) for key, decl in PROJECT_FILE["config"].items()
-    }
-
-
-def stack_file_config(stack: str) -> dict[str, str]:
-    data = yaml.safe_load((ROOT / "stacks" / f"Pulumi.{stack}.yaml").read_text())
-    return {key: config_string(value) for key, value in (data.get("config") or {}).items()}
-
-
 def stack_config(stack: str, overrides: Mapping[str, Any] | None = None) -> dict[str, str]:
-    extra = {**OPERATOR_CONFIG, **(overrides or {})}
-    return {
-        **project_defaults(),
-        **stack_file_config(stack),
-        **{k: config_string(v) for k, v in extra.items()},
-    }
+    return engine_stack_config(stack, {**OPERATOR_CONFIG, **(overrides or {})})
 
 
 def _fake_ip(prefix: str, name: str) -> str:
@@ -231,95 +223,6 @@ class KataMeshMocks(pulumi_mocks.Mocks):
         raise NotImplementedError(f"no mock for invoke {args.token}")
 
 
-@dataclass
-class Registration:
-    urn: str
-    type: str
-    name: str
-    parent: str
-    custom: bool
-    inputs: dict[str, Any]
-    raw_inputs: dict[str, Any]
-    dependencies: list[str]
-    ignore_changes: list[str]
-    additional_secret_outputs: list[str]
-    delete_before_replace: bool
-    provider: str
-
-
-class RecordingMonitor(pulumi_mocks.MockMonitor):
-    """The SDK's MockMonitor, also keeping what it is asked: options, dependencies, stack outputs."""
-
-    def __init__(self, mocks: pulumi_mocks.Mocks) -> None:
-        super().__init__(mocks)
-        self.registrations: list[Registration] = []
-        self.resource_outputs: dict[str, dict[str, Any]] = {}
-
-    def RegisterResource(self, request):
-        response = super().RegisterResource(request)
-        self.registrations.append(
-            Registration(
-                urn=response.urn,
-                type=request.type,
-                name=request.name,
-                parent=request.parent,
-                custom=request.custom,
-                inputs=rpc.deserialize_properties(request.object, keep_unknowns=True),
-                raw_inputs=json_format.MessageToDict(request.object),
-                dependencies=list(request.dependencies),
-                ignore_changes=list(request.ignoreChanges),
-                additional_secret_outputs=list(request.additionalSecretOutputs),
-                delete_before_replace=request.deleteBeforeReplace,
-                provider=request.provider,
-            )
-        )
-        return response
-
-    def RegisterResourceOutputs(self, request):
-        self.resource_outputs[request.urn] = json_format.MessageToDict(request.outputs)
-        return super().RegisterResourceOutputs(request)
-
-
-def plain_strings(value: Any) -> list[str]:
-    """Every string in a wire-format value that is not wrapped as a secret."""
-    if isinstance(value, dict):
-        if value.get(SECRET_SIG) == SECRET_VALUE:
-            return []
-        return [s for v in value.values() for s in plain_strings(v)]
-    if isinstance(value, list):
-        return [s for v in value for s in plain_strings(v)]
-    return [value] if isinstance(value, str) else []
-
-
-@dataclass
-class ProgramRun:
-    stack: str
-    preview: bool
-    registrations: list[Registration]
-    raw_stack_outputs: dict[str, Any] = field(default_factory=dict)
-    # What the mocks returned for each resource: its outputs, as the engine would know them.
-    states: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-    def of_type(self, type_: str) -> list[Registration]:
-        return [r for r in self.registrations if r.type == type_]
-
-    def one(self, type_: str, name: str) -> Registration:
-        matches = [r for r in self.of_type(type_) if r.name == name]
-        assert len(matches) == 1, f"expected one {type_} named {name}, found {len(matches)}"
-        return matches[0]
-
-    def by_urn(self, urn: str) -> Registration:
-        return next(r for r in self.registrations if r.urn == urn)
-
-    def is_secret_output(self, key: str) -> bool:
-        value = self.raw_stack_outputs[key]
-        return isinstance(value, dict) and value.get(SECRET_SIG) == SECRET_VALUE
-
-    def output(self, key: str) -> Any:
-        value = self.raw_stack_outputs[key]
-        return value["value"] if self.is_secret_output(key) else value
-
-
 def run_program(
     stack: str,
     preview: bool,
@@ -327,27 +230,8 @@ def run_program(
     monitor: RecordingMonitor | None = None,
 ) -> ProgramRun:
     """Runs __main__.py for one stack, as `pulumi preview` (preview=True) or `pulumi up` would."""
-    config = stack_config(stack, overrides)
-    pulumi.runtime.set_all_config(config, secret_keys=[f"{PROJECT}:sshPrivateKey"])
-    monitor = monitor or RecordingMonitor(KataMeshMocks(preview))
-    # set_mocks makes a root stack unless one exists; run_in_stack below makes the one the CLI
-    # would, so a placeholder keeps the engine seeing exactly one stack.
-    pulumi.runtime.settings.ROOT.set(object())  # type: ignore[arg-type]
-    pulumi.runtime.set_mocks(monitor.mocks, project=PROJECT, stack=stack, preview=preview, monitor=monitor)
-    pulumi.runtime.settings.ROOT.set(None)
-    settings = pulumi.runtime.settings.SETTINGS
-    settings.rpc_manager.clear()
-    settings.outputs.clear()
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
-    _sync_await(run_in_stack(lambda: runpy.run_path(str(ROOT / "__main__.py"), run_name="__main__")))
-    stack_urn = f"urn:pulumi:{stack}::{PROJECT}::pulumi:pulumi:Stack::{PROJECT}-{stack}"
-    return ProgramRun(
-        stack,
-        preview,
-        monitor.registrations,
-        monitor.resource_outputs.get(stack_urn, {}),
-        {urn: dict(resource.state) for urn, resource in monitor.resources.items()},
+    return run_engine(
+        stack, preview, stack_config(stack, overrides), monitor or RecordingMonitor(KataMeshMocks(preview))
     )
 
 
@@ -355,13 +239,6 @@ def run_program(
 def cached_run(stack: str, preview: bool = False) -> ProgramRun:
     """One mock run per stack and mode for the whole session; tests only read it."""
     return run_program(stack, preview)
-
-
-def command_args(command_line: str) -> dict[str, str]:
-    """The --name value pairs after `bash -s --` in a step's command line (or stdin's first line)."""
-    words = shlex.split(command_line)
-    start = max(i for i, word in enumerate(words) if word in ("--", "$@")) + 1
-    return dict(zip(words[start::2], words[start + 1 :: 2], strict=True))
 
 
 def require_tool(name: str, provided_by: str = "scripts/test.sh installs it when run as root") -> str:

