@@ -66,3 +66,29 @@ def render_kata_dropin() -> str:
             "runtime": {"create_container_timeout": KATA_CREATE_CONTAINER_TIMEOUT_SECONDS},
         }
     )
+
+
+def render_containerd_unit() -> str:
+    """containerd's systemd unit: upstream's containerd.service, for the release unpacked into
+    /usr/local (containerd/containerd, containerd.service)."""
+    return """[Unit]
+Description=containerd container runtime
+Documentation=https://containerd.io
+After=network.target dbus.service local-fs.target
+
+[Service]
+ExecStartPre=-/sbin/modprobe overlay
+ExecStart=/usr/local/bin/containerd
+Type=notify
+Delegate=yes
+KillMode=process
+Restart=always
+RestartSec=5
+LimitNPROC=infinity
+LimitCORE=infinity
+TasksMax=infinity
+OOMScoreAdjust=-999
+
+[Install]
+WantedBy=multi-user.target
+"""

@@ -131,6 +131,7 @@ def node_steps(spec: ProvisioningSpec) -> list[NodeStep]:
                 ("cni-url", spec.url(versions.CNI_PLUGINS)),
                 ("cni-sha256", versions.CNI_PLUGINS.sha256),
                 ("config-b64", b64(node_config.render_containerd_config(containerd_major))),
+                ("unit-b64", b64(node_config.render_containerd_unit())),
                 ("cache-dir", CACHE_DIR),
             ),
         ),

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Step 2: containerd from its pinned release (with runc and the CNI plugins), its systemd unit,
+# Step 2: containerd from its pinned release (with runc and the CNI plugins), the systemd unit
 # and the config the program rendered: runc by default (systemd cgroups) and a `kata` runtime.
 set -euo pipefail
 if ! declare -F km_parse_args >/dev/null; then
@@ -14,9 +14,10 @@ arg_runc_sha256=""
 arg_cni_url=""
 arg_cni_sha256=""
 arg_config_b64=""
+arg_unit_b64=""
 arg_cache_dir=""
 km_parse_args "$@"
-km_require_args containerd_url containerd_sha256 runc_url runc_sha256 cni_url cni_sha256 config_b64 cache_dir
+km_require_args containerd_url containerd_sha256 runc_url runc_sha256 cni_url cni_sha256 config_b64 unit_b64 cache_dir
 
 restart=false
 
@@ -43,32 +44,8 @@ if ! km_is_installed cni-plugins "$arg_cni_sha256"; then
   km_mark_installed cni-plugins "$arg_cni_sha256"
 fi
 
-# containerd's own unit (containerd.service from its repository), pointing at /usr/local/bin.
-unit=$(
-  cat <<'UNIT'
-[Unit]
-Description=containerd container runtime
-Documentation=https://containerd.io
-After=network.target dbus.service local-fs.target
-
-[Service]
-ExecStartPre=-/sbin/modprobe overlay
-ExecStart=/usr/local/bin/containerd
-Type=notify
-Delegate=yes
-KillMode=process
-Restart=always
-RestartSec=5
-LimitNPROC=infinity
-LimitCORE=infinity
-TasksMax=infinity
-OOMScoreAdjust=-999
-
-[Install]
-WantedBy=multi-user.target
-UNIT
-)
-km_put_file /etc/systemd/system/containerd.service 0644 "$unit"
+# containerd's own unit, as the program rendered it (ExecStart /usr/local/bin/containerd).
+km_put_file /etc/systemd/system/containerd.service 0644 "$(base64 -d <<<"$arg_unit_b64")"
 if $km_changed; then
   systemctl daemon-reload
   restart=true
