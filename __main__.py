@@ -143,9 +143,10 @@ pulumi.export(
 pulumi.export(
     "sshCommand",
     nodes.control_plane.external_ip.apply(
+        # The key file is made anew under umask 077: readable by its owner only from its first byte.
         lambda ip: (
-            f"pulumi stack output sshPrivateKey --show-secrets --stack {settings.stack} > {key_file} "
-            f"&& chmod 600 {key_file} && ssh -i {key_file} {settings.admin_user}@{ip}"
+            f"(umask 077 && mkdir -p ~/.ssh && rm -f {key_file} && pulumi stack output sshPrivateKey "
+            f"--show-secrets --stack {settings.stack} > {key_file}) && ssh -i {key_file} {settings.admin_user}@{ip}"
         )
     ),
 )

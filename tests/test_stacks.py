@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+from pathlib import Path
+
 import pytest
 import yaml
 from harness import (
@@ -201,10 +204,8 @@ def test_outputs_give_the_control_plane_ip_and_a_ready_ssh_command(stack):
     program = run(stack, False)
     ip = program.output("controlPlaneExternalIp")
     assert ip == program.output("nodes")[f"kata-mesh-{stack}-cp-0"]["externalIp"]
-    assert program.output("sshCommand") == (
-        f"pulumi stack output sshPrivateKey --show-secrets --stack {stack} > ~/.ssh/kata-mesh-{stack} "
-        f"&& chmod 600 ~/.ssh/kata-mesh-{stack} && ssh -i ~/.ssh/kata-mesh-{stack} kata-admin@{ip}"
-    )
+    ssh_command = program.output("sshCommand")
+    assert ssh_command.endswith(f" && ssh -i ~/.ssh/kata-mesh-{stack} kata-admin@{ip}")
     preview = run(stack, True)
     assert preview.output("controlPlaneExternalIp") == UNKNOWN
 
@@ -245,3 +246,55 @@ def test_bad_settings_fail_before_any_resource_is_declared():
         )
     assert {p.key for p in caught.value.problems} == {"machineType", "workerCount"}
     assert [r.type for r in monitor.registrations] == ["pulumi:pulumi:Stack"]
+
+
+# Stand-ins that record what the copy-paste commands do: `pulumi` prints a key and the mode its
+# output file has while it writes (the window a reader could use); `ssh` and `kubectl` print their
+# arguments.
+FAKE_PULUMI = """#!/bin/bash
+echo "-----BEGIN OPENSSH PRIVATE KEY----- $*"
+echo "mode while written: $(stat -L -c %a /proc/self/fd/1)"
+"""
+FAKE_ECHO = '#!/bin/bash\necho "$(basename "$0") $*" >&2\n'
+
+
+def run_pasted(command: str, home: Path, cwd: Path) -> subprocess.CompletedProcess:
+    bin_dir = home / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    for name, text in (("pulumi", FAKE_PULUMI), ("ssh", FAKE_ECHO), ("kubectl", FAKE_ECHO)):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    return subprocess.run(
+        ["bash", "-c", command],
+        cwd=cwd,
+        env={"HOME": str(home), "PATH": f"{bin_dir}:/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+
+
+def test_the_ssh_command_writes_the_key_readable_by_its_owner_only(tmp_path):
+    program = run("dev", False)
+    key_file = tmp_path / ".ssh" / "kata-mesh-dev"
+    # A key file left world-readable by an earlier, careless copy is replaced, not reused.
+    key_file.parent.mkdir()
+    key_file.write_text("old")
+    key_file.chmod(0o644)
+    result = run_pasted(program.output("sshCommand"), tmp_path, tmp_path)
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    assert "mode while written: 600" in key_file.read_text()
+    assert "sshPrivateKey --show-secrets --stack dev" in key_file.read_text()
+    assert f"ssh -i {key_file} kata-admin@{program.output('controlPlaneExternalIp')}" in result.stderr
+
+
+def test_the_readmes_kubeconfig_command_writes_it_readable_by_its_owner_only(tmp_path):
+    readme = (ROOT / "README.md").read_text()
+    command = next(line for line in readme.splitlines() if "pulumi stack output kubeconfig" in line)
+    (tmp_path / "kubeconfig").write_text("old")
+    (tmp_path / "kubeconfig").chmod(0o644)
+    result = run_pasted(command, tmp_path, tmp_path)
+    kubeconfig = tmp_path / "kubeconfig"
+    assert kubeconfig.stat().st_mode & 0o777 == 0o600
+    assert "mode while written: 600" in kubeconfig.read_text()
+    assert "kubectl get nodes" in result.stderr
