@@ -21,7 +21,7 @@ from offline.engine import ROOT, ProgramRun, Registration, as_manifest
 RELEASE_TYPE = "kubernetes:helm.sh/v3:Release"
 # scripts/setup.sh puts helm here (from the npm package named in ../shared/charts/README.md).
 TOOLS_DIR = ROOT / ".cache" / "tools"
-CHART_CACHE = ROOT / ".cache" / "charts"
+CHART_CACHE = Path(os.environ.get("KATA_MESH_CHART_CACHE", ROOT / ".cache" / "charts"))
 PULL_TIMEOUT_SECONDS = 60
 
 
@@ -114,11 +114,13 @@ def _from_folder(release: HelmRelease, folder: Path, same_minor: bool) -> ChartS
     return None
 
 
+def _cached(release: HelmRelease) -> ChartSource | None:
+    """The pinned chart, pulled earlier into .cache/charts."""
+    return _from_folder(release, CHART_CACHE, same_minor=False) if CHART_CACHE.is_dir() else None
+
+
 def _pull(release: HelmRelease, helm: str) -> ChartSource | None:
-    """The pinned chart from its repository, cached under .cache/charts; None without a network."""
-    cached = _from_folder(release, CHART_CACHE, same_minor=False) if CHART_CACHE.is_dir() else None
-    if cached is not None:
-        return cached
+    """The pinned chart from its repository, into .cache/charts; None without a network."""
     CHART_CACHE.mkdir(parents=True, exist_ok=True)
     command = [helm, "pull", release.chart, "--repo", release.repository, "--version", release.version]
     try:
@@ -137,12 +139,15 @@ def _pull(release: HelmRelease, helm: str) -> ChartSource | None:
 def locate_chart(
     release: HelmRelease, charts_dir: Path | None, offline: bool, helm: str | None
 ) -> ChartSource:
-    """The pinned chart: from charts_dir, else pulled (unless offline), else a same-minor archive
-    from charts_dir, else none (the note says why)."""
+    """The pinned chart: from charts_dir, else pulled earlier, else pulled now (unless offline),
+    else a same-minor archive from charts_dir, else none (the note says why)."""
     if charts_dir is not None:
         exact = _from_folder(release, charts_dir, same_minor=False)
         if exact is not None:
             return exact
+    cached = _cached(release)
+    if cached is not None:
+        return cached
     if not offline and helm is not None and release.repository:
         pulled = _pull(release, helm)
         if pulled is not None:

@@ -4,6 +4,7 @@ Kubernetes version; every rendered object strictly schema-checked for that versi
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
@@ -216,3 +217,43 @@ def test_the_gateway_charts_values_schema_refuses_a_bad_value():
             kubernetes_version(stack),
             require_helm(),
         )
+
+
+def test_a_chart_missing_locally_is_pulled_from_its_repository_once_and_then_cached(tmp_path, monkeypatch):
+    """A chart repository served on loopback: the pinned chart is pulled by helm, cached, and the
+    cache serves it when the repository is gone."""
+    import http.server
+    import shutil
+    import subprocess
+    import threading
+
+    helm = require_helm()
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    shutil.copy(require_charts() / "flannel-v0.28.9.tgz", repo)
+    subprocess.run([helm, "repo", "index", str(repo)], check=True, capture_output=True)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(repo))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setattr(charts, "CHART_CACHE", tmp_path / "cache")
+    release = charts.HelmRelease(
+        **{**releases_of("dev")["flannel"].__dict__, "repository": f"http://127.0.0.1:{server.server_port}"}
+    )
+    try:
+        pulled = charts.locate_chart(release, None, offline=False, helm=helm)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert pulled.archive is not None and pulled.archive.parent == tmp_path / "cache"
+    assert pulled.exact and "pulled from http://127.0.0.1" in pulled.note
+    cached = charts.locate_chart(release, None, offline=False, helm=helm)
+    assert cached.archive == pulled.archive
+    assert charts.locate_chart(release, None, offline=True, helm=helm).archive == pulled.archive
+    # Offline, with nothing cached, nothing is pulled and the plan says why.
+    monkeypatch.setattr(charts, "CHART_CACHE", tmp_path / "empty-cache")
+    offline = charts.locate_chart(release, None, offline=True, helm=helm)
+    assert offline.archive is None and "offline: not pulled" in offline.note
+    monkeypatch.setattr(charts, "CHART_CACHE", tmp_path / "cache")
+    # A version the repository does not have is not replaced by another.
+    other = charts.HelmRelease(**{**release.__dict__, "version": "v0.28.10"})
+    assert charts.locate_chart(other, None, offline=False, helm=helm).archive is None
