@@ -257,3 +257,29 @@ def test_a_chart_missing_locally_is_pulled_from_its_repository_once_and_then_cac
     # A version the repository does not have is not replaced by another.
     other = charts.HelmRelease(**{**release.__dict__, "version": "v0.28.10"})
     assert charts.locate_chart(other, None, offline=False, helm=helm).archive is None
+
+
+def test_a_chart_of_another_minor_never_stands_in_for_the_pin(tmp_path):
+    release = releases_of("dev")["istio-base"]
+    pinned_next_minor = charts.HelmRelease(**{**release.__dict__, "version": "1.31.0"})
+    source = charts.locate_chart(pinned_next_minor, require_charts(), offline=True, helm=None)
+    assert source.archive is None
+    assert "chart base 1.31.0 could not be had" in source.note
+
+
+def test_helm_renders_at_the_kubernetes_version_it_is_given(tmp_path):
+    """No upstream template reads the version, so a chart of the test's own prints what helm was told."""
+    import subprocess
+
+    helm = require_helm()
+    chart = tmp_path / "probe"
+    (chart / "templates").mkdir(parents=True)
+    (chart / "Chart.yaml").write_text("apiVersion: v2\nname: probe\nversion: 0.1.0\n")
+    (chart / "templates" / "cm.yaml").write_text(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: probe\n"
+        "data:\n  kubeVersion: {{ .Capabilities.KubeVersion.Version | quote }}\n"
+    )
+    subprocess.run([helm, "package", str(chart), "-d", str(tmp_path)], check=True, capture_output=True)
+    release = charts.HelmRelease("probe", "probe", "probe", "0.1.0", "", "default", {})
+    objects = charts.render(release, tmp_path / "probe-0.1.0.tgz", kubernetes_version("dev"), helm)
+    assert objects[0]["data"]["kubeVersion"] == "v" + kubernetes_version("dev")
