@@ -1,0 +1,531 @@
+"""Every node step run as root in a sandboxed node (tests/node_sandbox.py), as the program sends
+it: what it wrote and with which mode, what it asked of systemd, the kernel, apt and the cluster,
+in which order; a second run that changes nothing; and each failure branch with its message.
+
+Expected names and values are the seed's or upstream's (REFERENCE sections 1, 4 and 6), written
+here, not read from the program."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import hashlib
+import io
+import subprocess
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from node_sandbox import Sandbox, require_sandbox
+from test_node_scripts import Server, fake_kata_release
+
+from components import versions
+from components.node_provisioning import NodeStep, ProvisioningSpec, node_steps
+
+# REFERENCE 4 and 6: what kubeadm, Flannel and Kata need from the kernel.
+SEED_MODULES = ["overlay", "br_netfilter", "kvm_intel", "vhost", "vhost_net", "vhost_vsock"]
+SEED_SYSCTLS = {
+    "net.ipv4.ip_forward": "1",
+    "net.bridge.bridge-nf-call-iptables": "1",
+    "net.bridge.bridge-nf-call-ip6tables": "1",
+}
+# REFERENCE 1: the seed's five links.
+SEED_LINKS = [
+    "kata-runtime",
+    "containerd-shim-kata-v2",
+    "kata-monitor",
+    "kata-collect-data.sh",
+    "qemu-system-x86_64",
+]
+KUBERNETES_PACKAGES = ["kubelet", "kubeadm", "kubectl"]
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Sandbox:
+    require_sandbox()
+    return Sandbox(tmp_path / "node")
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    served = tmp_path / "served"
+    served.mkdir()
+    srv = Server(served)
+    yield srv
+    srv.httpd.shutdown()
+
+
+def program_step(name: str, mirror: str | None = None, kata: versions.Artifact | None = None) -> NodeStep:
+    spec = ProvisioningSpec("1.36.4", kata or versions.KATA_RELEASES["3.32.0"], mirror)
+    return next(s for s in node_steps(spec) if s.name == name)
+
+
+def with_args(step: NodeStep, **changes: str) -> NodeStep:
+    replaced = {k.replace("_", "-"): v for k, v in changes.items()}
+    assert set(replaced) <= {k for k, _ in step.args}, replaced
+    return dataclasses.replace(step, args=tuple((k, replaced.get(k, v)) for k, v in step.args))
+
+
+def arg(step: NodeStep, name: str) -> str:
+    return dict(step.args)[name]
+
+
+def changed_paths(before: dict, after: dict) -> list[str]:
+    return sorted(p for p in set(before) | set(after) if before.get(p) != after.get(p))
+
+
+# --- 00 wait-ready --------------------------------------------------------------------------------
+
+
+def wait_ready() -> NodeStep:
+    return program_step("wait-ready")
+
+
+@pytest.mark.parametrize("exit_code", [0, 2])
+def test_wait_ready_passes_once_cloud_init_finished_even_with_recoverable_errors(node, exit_code):
+    node.set_state("cloud-init-exit", str(exit_code))
+    result = node.run(wait_ready())
+    assert result.returncode == 0, result.stderr
+    assert result.calls == ["cloud-init status --wait"]
+    assert "cloud-init finished" in result.stderr
+    assert node.changes() == {}
+
+
+def test_wait_ready_fails_when_cloud_init_failed_and_shows_its_status(node):
+    node.set_state("cloud-init-exit", "1")
+    result = node.run(wait_ready())
+    assert result.returncode == 1
+    assert "cloud-init failed (exit 1): status: error (from the stand-in)" in result.stderr
+
+
+def test_wait_ready_gives_up_after_its_timeout(node):
+    node.behaviour["cloud-init"] = (
+        'case "$*" in *--wait*) exec /bin/sleep 30;; *) echo "status: running";; esac\n'
+    )
+    result = node.run(with_args(wait_ready(), timeout_seconds="1"))
+    assert result.returncode == 1
+    assert "cloud-init did not finish within 1s: status: running" in result.stderr
+
+
+def test_wait_ready_on_an_image_without_cloud_init_has_nothing_to_wait_for(node):
+    del node.behaviour["cloud-init"]
+    result = node.run(wait_ready())
+    if Path("/usr/bin/cloud-init").exists():
+        pytest.skip("this machine has cloud-init itself")
+    assert result.returncode == 0, result.stderr
+    assert "no cloud-init on this image" in result.stderr
+
+
+# --- 10 prerequisites -------------------------------------------------------------------------------
+
+
+def prerequisites() -> NodeStep:
+    return program_step("prerequisites")
+
+
+def test_prerequisites_first_run_loads_and_persists_modules_and_sysctls_and_turns_swap_off(node):
+    node.seed("/etc/fstab", "UUID=abc / ext4 defaults 0 1\n/swap.img none swap sw 0 0\n")
+    result = node.run(prerequisites())
+    assert result.returncode == 0, result.stderr
+    files = node.changes()
+    content, mode, _ = files["/etc/modules-load.d/kata-mesh.conf"]
+    assert content.split() == SEED_MODULES and mode == 0o644
+    content, mode, _ = files["/etc/sysctl.d/99-kata-mesh.conf"]
+    assert dict(line.split("=") for line in content.split()) == SEED_SYSCTLS and mode == 0o644
+    assert files["/etc/fstab"][0] == "UUID=abc / ext4 defaults 0 1\n# /swap.img none swap sw 0 0\n"
+    calls = result.calls
+    assert calls[0] == "swapoff -a"
+    assert [c.split()[1] for c in calls if c.startswith("modprobe ")] == SEED_MODULES
+    assert calls.index("sysctl --quiet --system") > max(
+        i for i, c in enumerate(calls) if c.startswith("modprobe")
+    )
+    installs = [c for c in calls if c.startswith("apt-get") and " install " in c]
+    assert len(installs) == 1
+    for package in ("ca-certificates", "curl", "gpg", "zstd", "conntrack", "socat", "jq"):
+        assert f" {package}" in installs[0]
+
+
+def test_prerequisites_second_run_changes_nothing_and_installs_nothing(node):
+    node.seed("/etc/fstab", "/swap.img none swap sw 0 0\n")
+    assert node.run(prerequisites()).returncode == 0
+    before = node.changes()
+    second = node.run(prerequisites())
+    assert second.returncode == 0, second.stderr
+    assert node.changes() == before
+    assert "sysctl --quiet --system" not in second.calls
+    assert not [c for c in second.calls if c.startswith("apt-get")]
+
+
+def test_prerequisites_refuse_a_cpu_without_vt_x_before_touching_anything(node):
+    node.vmx = False
+    result = node.run(prerequisites())
+    assert result.returncode == 1
+    assert "this CPU exposes no VT-x (vmx flag missing)" in result.stderr
+    assert "enableNestedVirtualization" in result.stderr
+    assert "/etc/modules-load.d/kata-mesh.conf" not in node.changes()
+    assert not [c for c in result.calls if c.startswith("modprobe")]
+
+
+def test_prerequisites_fail_without_dev_kvm(node):
+    node.kvm = False
+    result = node.run(prerequisites())
+    assert result.returncode == 1
+    assert "/dev/kvm is missing" in result.stderr
+    assert "constraints/compute.disableNestedVirtualization" in result.stderr
+
+
+def test_prerequisites_fail_naming_a_module_that_cannot_load(node):
+    node.set_state("modules-missing", "vhost_vsock\n")
+    result = node.run(prerequisites())
+    assert result.returncode == 1
+    assert "cannot load kernel module vhost_vsock" in result.stderr
+
+
+def test_prerequisites_fail_when_a_sysctl_does_not_take(node):
+    node.set_state("sysctl-ignores-files")
+    result = node.run(prerequisites())
+    assert result.returncode == 1
+    assert "sysctl net.ipv4.ip_forward is not 1" in result.stderr
+
+
+def test_prerequisites_retry_apt_update_then_fail_clearly(node):
+    node.set_state("apt-update-fails")
+    result = node.run(prerequisites())
+    assert result.returncode == 1
+    assert sum(c.startswith("apt-get") and " update" in c for c in result.calls) == 6
+    assert "apt-get update keeps failing" in result.stderr
+
+
+def test_prerequisites_install_only_the_packages_that_are_missing(node):
+    for package in ("ca-certificates", "curl", "gpg", "zstd", "conntrack", "socat"):
+        node.set_state(f"packages/{package}", "1.0")
+    result = node.run(prerequisites())
+    assert result.returncode == 0, result.stderr
+    installs = [c for c in result.calls if " install " in c]
+    assert installs == ["apt-get -o DPkg::Lock::Timeout=600 -q install -y --no-install-recommends jq"]
+
+
+# --- 20 containerd ------------------------------------------------------------------------------------
+
+
+FAKE_CONTAINERD = """#!/bin/bash
+printf '%s\\n' "$(basename "$0")${*:+ $*}" >>/km-test/calls.log
+if [[ " $* " == *" config dump "* ]]; then
+  config=${2:-}
+  grep -q 'io.containerd.kata.v2' "$config" || { echo "failed to load config: no kata runtime" >&2; exit 1; }
+fi
+"""
+FAKE_CTR = """#!/bin/bash
+printf '%s\\n' "$(basename "$0")${*:+ $*}" >>/km-test/calls.log
+[[ -f /km-test/state/containerd-down ]] && exit 1
+exit 0
+"""
+
+
+def tgz(path: Path, files: dict[str, tuple[str, int]]) -> str:
+    with tarfile.open(path, "w:gz") as tar:
+        for name, (content, mode) in files.items():
+            data = content.encode()
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), mode
+            tar.addfile(info, io.BytesIO(data))
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def containerd_release(server: Server, tmp_path: Path, marker: str = "a") -> NodeStep:
+    """The program's containerd step, fetching release-shaped files from the test's server."""
+    served = tmp_path / "served"
+    step = program_step("containerd", mirror=server.url)
+    containerd_sha = tgz(
+        served / Path(arg(step, "containerd-url")).name,
+        {
+            "bin/containerd": (FAKE_CONTAINERD, 0o755),
+            "bin/ctr": (FAKE_CTR, 0o755),
+            "bin/containerd-shim-runc-v2": (f"#!/bin/sh\necho shim {marker}\n", 0o755),
+        },
+    )
+    runc = served / Path(arg(step, "runc-url")).name
+    runc.write_text(f"#!/bin/sh\necho runc {marker}\n")
+    cni_sha = tgz(
+        served / Path(arg(step, "cni-url")).name,
+        {
+            f"./{p}": (f"#!/bin/sh\necho {p} pinned {marker}\n", 0o755)
+            for p in ("bridge", "host-local", "loopback")
+        },
+    )
+    return with_args(
+        step,
+        containerd_sha256=containerd_sha,
+        runc_sha256=hashlib.sha256(runc.read_bytes()).hexdigest(),
+        cni_sha256=cni_sha,
+    )
+
+
+def test_containerd_first_run_installs_the_release_unit_and_config_and_restarts_it(node, server, tmp_path):
+    step = containerd_release(server, tmp_path)
+    result = node.run(step)
+    assert result.returncode == 0, result.stderr
+    files = node.changes()
+    assert files["/usr/local/bin/containerd"][1] == 0o755
+    assert files["/usr/local/sbin/runc"][1] == 0o755
+    assert files["/opt/cni/bin/bridge"][0].startswith("#!/bin/sh\necho bridge pinned")
+    unit, mode, _ = files["/etc/systemd/system/containerd.service"]
+    assert mode == 0o644 and "ExecStart=/usr/local/bin/containerd" in unit and "Delegate=yes" in unit
+    assert unit == base64.b64decode(arg(step, "unit-b64")).decode()
+    config, mode, _ = files["/etc/containerd/config.toml"]
+    assert mode == 0o644 and config == base64.b64decode(arg(step, "config-b64")).decode()
+    assert 'runtime_type = "io.containerd.kata.v2"' in config and "SystemdCgroup = true" in config
+    assert len(server.requests) == 3
+    systemd = [c for c in result.calls if c.startswith("systemctl")]
+    assert systemd == [
+        "systemctl daemon-reload",
+        "systemctl enable --quiet containerd",
+        "systemctl restart containerd",
+    ]
+    # The candidate config is checked by containerd itself before it is put in place.
+    dump = next(i for i, c in enumerate(result.calls) if " config dump" in c)
+    assert dump < result.calls.index("systemctl restart containerd")
+
+
+def test_containerd_second_run_downloads_nothing_changes_nothing_and_does_not_restart(node, server, tmp_path):
+    step = containerd_release(server, tmp_path)
+    assert node.run(step).returncode == 0
+    before, requests = node.changes(), list(server.requests)
+    second = node.run(step)
+    assert second.returncode == 0, second.stderr
+    assert node.changes() == before
+    assert server.requests == requests
+    systemd = [c for c in second.calls if c.startswith("systemctl")]
+    assert systemd == ["systemctl enable --quiet containerd", "systemctl start containerd"]
+
+
+def test_containerd_restarts_for_a_new_config_without_reloading_systemd(node, server, tmp_path):
+    step = containerd_release(server, tmp_path)
+    assert node.run(step).returncode == 0
+    config = base64.b64decode(arg(step, "config-b64")).decode() + "\n# changed\n"
+    result = node.run(with_args(step, config_b64=base64.b64encode(config.encode()).decode()))
+    assert result.returncode == 0, result.stderr
+    assert node.files()["/etc/containerd/config.toml"].endswith("# changed\n")
+    systemd = [c for c in result.calls if c.startswith("systemctl")]
+    assert systemd == ["systemctl enable --quiet containerd", "systemctl restart containerd"]
+
+
+def test_containerd_reloads_systemd_and_restarts_for_a_new_unit(node, server, tmp_path):
+    step = containerd_release(server, tmp_path)
+    assert node.run(step).returncode == 0
+    unit = base64.b64decode(arg(step, "unit-b64")).decode().replace("RestartSec=5", "RestartSec=7")
+    result = node.run(with_args(step, unit_b64=base64.b64encode(unit.encode()).decode()))
+    assert result.returncode == 0, result.stderr
+    systemd = [c for c in result.calls if c.startswith("systemctl")]
+    assert systemd == [
+        "systemctl daemon-reload",
+        "systemctl enable --quiet containerd",
+        "systemctl restart containerd",
+    ]
+
+
+def test_containerd_refuses_a_corrupted_download_and_installs_nothing(node, server, tmp_path):
+    step = containerd_release(server, tmp_path)
+    served = tmp_path / "served" / Path(arg(step, "containerd-url")).name
+    served.write_bytes(served.read_bytes() + b"tampered")
+    result = node.run(step)
+    assert result.returncode == 1
+    assert f"checksum mismatch for {arg(step, 'containerd-url')}" in result.stderr
+    assert not [p for p in node.changes() if p.startswith(("/usr/local", "/etc/containerd", "/etc/systemd"))]
+    assert not [c for c in result.calls if c.startswith("systemctl")]
+
+
+def test_containerd_keeps_the_old_config_when_containerd_rejects_the_new_one(node, server, tmp_path):
+    step = containerd_release(server, tmp_path)
+    assert node.run(step).returncode == 0
+    good = node.files()["/etc/containerd/config.toml"]
+    broken = base64.b64encode(b'version = 3\n[plugins."io.containerd.cri.v1.runtime"]\n').decode()
+    result = node.run(with_args(step, config_b64=broken))
+    assert result.returncode == 1
+    assert "containerd rejects the rendered config: failed to load config: no kata runtime" in result.stderr
+    assert node.files()["/etc/containerd/config.toml"] == good
+    assert "systemctl restart containerd" not in result.calls
+
+
+def test_containerd_that_never_answers_fails_the_step_with_its_status(node, server, tmp_path):
+    node.set_state("containerd-down")
+    result = node.run(containerd_release(server, tmp_path))
+    assert result.returncode == 1
+    assert "containerd did not come up: status of containerd" in result.stderr
+    assert (
+        sum(c.startswith("ctr --address /run/containerd/containerd.sock version") for c in result.calls) == 31
+    )
+
+
+def test_a_real_containerd_2_rejects_a_broken_config_in_the_step(node, server, tmp_path):
+    """The step's own check, with Debian's containerd 2.x binary in the release in place of the fake."""
+    import os
+
+    containerd2 = os.environ.get("KATA_MESH_CONTAINERD2")
+    if not containerd2:
+        pytest.skip("KATA_MESH_CONTAINERD2 is not set (scripts/test.sh unpacks Debian sid's containerd)")
+    step = program_step("containerd", mirror=server.url)
+    served = tmp_path / "served"
+    real = Path(containerd2).read_bytes().decode("latin-1")
+    with tarfile.open(served / Path(arg(step, "containerd-url")).name, "w:gz", compresslevel=1) as tar:
+        for name, data, mode in (
+            ("bin/containerd", real.encode("latin-1"), 0o755),
+            ("bin/ctr", FAKE_CTR.encode(), 0o755),
+        ):
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), mode
+            tar.addfile(info, io.BytesIO(data))
+    containerd_sha = hashlib.sha256(
+        (served / Path(arg(step, "containerd-url")).name).read_bytes()
+    ).hexdigest()
+    runc = served / Path(arg(step, "runc-url")).name
+    runc.write_text("#!/bin/sh\n")
+    cni_sha = tgz(served / Path(arg(step, "cni-url")).name, {"./bridge": ("#!/bin/sh\n", 0o755)})
+    step = with_args(
+        step,
+        containerd_sha256=containerd_sha,
+        runc_sha256=hashlib.sha256(runc.read_bytes()).hexdigest(),
+        cni_sha256=cni_sha,
+    )
+    good = node.run(step)
+    assert good.returncode == 0, good.stderr
+    broken = base64.b64encode(b"version = 3\n[plugins\n").decode()
+    result = node.run(with_args(step, config_b64=broken))
+    assert result.returncode == 1
+    assert "containerd rejects the rendered config" in result.stderr
+
+
+# --- 30 kata, at its real paths ---------------------------------------------------------------------
+
+
+def kata_release(server: Server, tmp_path: Path, marker: str = "a", runtime: str | None = None) -> NodeStep:
+    step = program_step("kata", mirror=server.url)
+    served = tmp_path / "served" / Path(arg(step, "kata-url")).name
+    sha = fake_kata_release(served, f"release-{marker}")
+    if runtime is not None:
+        tree = served.parent / f"{served.name}.tree"
+        (tree / "opt" / "kata" / "bin" / "kata-runtime").write_text(runtime)
+        tar_path = served.with_suffix("")
+        with tarfile.open(tar_path, "w") as tar:
+            tar.add(tree, arcname=".")
+        served.unlink()
+        subprocess.run(["zstd", "-q", "-f", "--rm", str(tar_path), "-o", str(served)], check=True)
+        sha = hashlib.sha256(served.read_bytes()).hexdigest()
+    return with_args(step, kata_sha256=sha)
+
+
+def test_kata_installs_into_opt_kata_with_the_seeds_links_and_a_second_run_changes_nothing(
+    node, server, tmp_path
+):
+    step = kata_release(server, tmp_path)
+    first = node.run(step)
+    assert first.returncode == 0, first.stderr
+    files = node.changes()
+    for name in SEED_LINKS:
+        assert files[f"/usr/local/bin/{name}"][0] == f"-> /opt/kata/bin/{name}"
+    assert "/opt/kata/share/defaults/kata-containers/config.d/50-kata-mesh-nested.toml" in files
+    second = node.run(step)
+    assert second.returncode == 0, second.stderr
+    assert node.changes() == files
+    assert len(server.requests) == 1
+
+
+def test_kata_as_root_fails_when_kata_cannot_currently_create_vms(node, server, tmp_path):
+    runtime = '#!/bin/sh\necho "System is capable of running Kata Containers"\n'
+    result = node.run(kata_release(server, tmp_path, runtime=runtime))
+    assert result.returncode == 1
+    assert "kata-runtime check: capable, but cannot currently create Kata Containers" in result.stderr
+
+
+# --- 40 kubernetes ------------------------------------------------------------------------------------
+
+
+def kubernetes_step(server: Server, tmp_path: Path, node: Sandbox, version: str = "1.36.4") -> NodeStep:
+    """The program's kubernetes step against an apt repository URL on the test's server; the
+    pinned CNI tarball is where the containerd step leaves it."""
+    served = tmp_path / "served"
+    (served / "core:" / "stable:" / f"v{version.rsplit('.', 1)[0]}" / "deb").mkdir(
+        parents=True, exist_ok=True
+    )
+    (served / "core:" / "stable:" / f"v{version.rsplit('.', 1)[0]}" / "deb" / "Release.key").write_text(
+        "-----BEGIN PGP PUBLIC KEY BLOCK-----\nstand-in\n-----END PGP PUBLIC KEY BLOCK-----\n"
+    )
+    spec = ProvisioningSpec(version, versions.KATA_RELEASES["3.32.0"])
+    step = next(s for s in node_steps(spec) if s.name == "kubernetes")
+    repository = arg(step, "apt-repository").replace("https://pkgs.k8s.io", server.url)
+    cni = tmp_path / "cni.tgz"
+    cni_sha = tgz(cni, {f"./{p}": (f"pinned {p}\n", 0o755) for p in ("bridge", "loopback")})
+    node.seed(arg(step, "cni-tarball"), "")
+    node.path(arg(step, "cni-tarball")).write_bytes(cni.read_bytes())
+    return with_args(step, apt_repository=repository, cni_sha256=cni_sha)
+
+
+def test_kubernetes_first_run_installs_the_pinned_packages_held_and_keeps_the_pinned_cni(
+    node, server, tmp_path
+):
+    step = kubernetes_step(server, tmp_path, node)
+    result = node.run(step)
+    assert result.returncode == 0, result.stderr
+    files = node.changes()
+    repository = arg(step, "apt-repository")
+    assert files["/etc/apt/sources.list.d/kubernetes.list"][0] == (
+        f"deb [signed-by=/etc/apt/keyrings/kubernetes-apt-keyring.gpg] {repository} /\n"
+    )
+    assert files["/etc/apt/keyrings/kubernetes-apt-keyring.gpg"][1] == 0o644
+    install = next(c for c in result.calls if " install " in c)
+    assert install.endswith("kubelet=1.36.4-* kubeadm=1.36.4-* kubectl=1.36.4-*")
+    # kubelet's kubernetes-cni wrote its own bridge plugin; the pinned one is back.
+    assert files["/opt/cni/bin/bridge"][0] == "pinned bridge\n"
+    assert "apt-mark hold kubelet kubeadm kubectl" in result.calls
+    assert "apt-mark hold kubernetes-cni" in result.calls
+    assert files["/etc/crictl.yaml"][0] == (
+        "runtime-endpoint: unix:///run/containerd/containerd.sock\n"
+        "image-endpoint: unix:///run/containerd/containerd.sock\ntimeout: 30\n"
+    )
+    assert result.calls[-1] == "systemctl enable --quiet kubelet"
+
+
+def test_kubernetes_second_run_downloads_and_installs_nothing(node, server, tmp_path):
+    step = kubernetes_step(server, tmp_path, node)
+    assert node.run(step).returncode == 0
+    before, requests = node.changes(), list(server.requests)
+    second = node.run(step)
+    assert second.returncode == 0, second.stderr
+    assert node.changes() == before
+    assert server.requests == requests
+    assert not [c for c in second.calls if c.startswith("apt-get")]
+
+
+def test_kubernetes_a_new_minor_gets_its_repository_key_and_packages(node, server, tmp_path):
+    assert node.run(kubernetes_step(server, tmp_path, node, "1.35.2")).returncode == 0
+    requests = len(server.requests)
+    result = node.run(kubernetes_step(server, tmp_path, node, "1.36.4"))
+    assert result.returncode == 0, result.stderr
+    assert server.requests[requests:] == ["/core:/stable:/v1.36/deb/Release.key"]
+    assert next(c for c in result.calls if " install " in c).endswith("kubectl=1.36.4-*")
+    assert "apt-mark unhold kubelet kubeadm kubectl" in result.calls
+
+
+def test_kubernetes_fails_when_apt_installs_another_version(node, server, tmp_path):
+    node.behaviour["apt-get"] = node.behaviour["apt-get"].replace("${version%-\\*}-1.1", "1.36.3-1.1")
+    result = node.run(kubernetes_step(server, tmp_path, node))
+    assert result.returncode == 1
+    assert "kubelet is at 1.36.3-1.1, not 1.36.4" in result.stderr
+
+
+def test_kubernetes_refuses_a_cni_tarball_that_is_not_the_pinned_one(node, server, tmp_path):
+    step = kubernetes_step(server, tmp_path, node)
+    node.path(arg(step, "cni-tarball")).write_bytes(b"not the release")
+    result = node.run(step)
+    assert result.returncode == 1
+    assert "is not the pinned CNI plugins release" in result.stderr
+
+
+def test_kubernetes_fails_clearly_when_the_repository_key_cannot_be_had(node, server, tmp_path):
+    # curl's own retries with backoff take a minute against a missing file: a stand-in fails at once.
+    node.behaviour["curl"] = 'echo "curl: (22) The requested URL returned error: 404" >&2; exit 22\n'
+    step = kubernetes_step(server, tmp_path, node)
+    result = node.run(step)
+    assert result.returncode == 1
+    assert "could not download the Kubernetes apt key" in result.stderr
