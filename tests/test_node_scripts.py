@@ -20,9 +20,17 @@ from harness import ROOT, require_tool
 
 from components import versions
 from components.node_config import KATA_DROPIN_NAME, render_kata_dropin
-from components.node_provisioning import KATA_LINKS, SCRIPTS_DIR, NodeStep, ProvisioningSpec, node_steps
+from components.node_provisioning import SCRIPTS_DIR, NodeStep, ProvisioningSpec, node_steps
 
 SHELL_SCRIPTS = sorted([*SCRIPTS_DIR.glob("*.sh"), *ROOT.glob("scripts/*.sh"), ROOT / ".ci" / "run"])
+# The seed's five links (REFERENCE section 1).
+SEED_LINKS = (
+    "kata-runtime",
+    "containerd-shim-kata-v2",
+    "kata-monitor",
+    "kata-collect-data.sh",
+    "qemu-system-x86_64",
+)
 CAPABLE = "System is capable of running Kata Containers"
 CAN_CREATE = "System can currently create Kata Containers"
 
@@ -86,7 +94,7 @@ def fake_kata_release(path: Path, marker: str) -> str:
     root = path.parent / f"{path.name}.tree"
     bin_dir = root / "opt" / "kata" / "bin"
     bin_dir.mkdir(parents=True)
-    for name in KATA_LINKS:
+    for name in SEED_LINKS:
         (bin_dir / name).write_text(f"#!/bin/sh\necho {name} {marker}\n")
     (bin_dir / "kata-runtime").write_text(
         f'#!/bin/sh\necho "{CAPABLE}"\necho "{CAN_CREATE}"\necho {marker}\n'
@@ -182,7 +190,7 @@ def test_good_release_installs_links_and_dropin_and_a_second_run_changes_nothing
     assert first.returncode == 0, first.stderr
     assert "kata-runtime check passed" in first.stderr
     prefix = tmp_path / "opt" / "kata"
-    for name in KATA_LINKS:
+    for name in SEED_LINKS:
         link = tmp_path / "usr-local-bin" / name
         assert os.readlink(link) == str(prefix / "bin" / name)
     dropin = prefix / "share" / "defaults" / "kata-containers" / "config.d" / KATA_DROPIN_NAME

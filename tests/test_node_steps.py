@@ -11,6 +11,7 @@ import base64
 import dataclasses
 import hashlib
 import io
+import re
 import subprocess
 import tarfile
 from collections.abc import Iterator
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from node_sandbox import Sandbox, require_sandbox
-from test_node_scripts import Server, fake_kata_release
+from test_node_scripts import SEED_LINKS, Server, fake_kata_release
 
 from components import versions
 from components.node_provisioning import NodeStep, ProvisioningSpec, node_steps
@@ -30,14 +31,6 @@ SEED_SYSCTLS = {
     "net.bridge.bridge-nf-call-iptables": "1",
     "net.bridge.bridge-nf-call-ip6tables": "1",
 }
-# REFERENCE 1: the seed's five links.
-SEED_LINKS = [
-    "kata-runtime",
-    "containerd-shim-kata-v2",
-    "kata-monitor",
-    "kata-collect-data.sh",
-    "qemu-system-x86_64",
-]
 KUBERNETES_PACKAGES = ["kubelet", "kubeadm", "kubectl"]
 
 
@@ -529,3 +522,340 @@ def test_kubernetes_fails_clearly_when_the_repository_key_cannot_be_had(node, se
     result = node.run(step)
     assert result.returncode == 1
     assert "could not download the Kubernetes apt key" in result.stderr
+
+
+# --- the cluster steps: kubeadm and kubectl are stand-ins that act like a small cluster ----------
+
+
+KATA_LABEL = "katacontainers.io/kata-runtime=true"  # REFERENCE 4: kata-deploy's node label
+CONTROL_PLANE_TAINT = "node-role.kubernetes.io/control-plane"
+KUBEADM = """case "$1" in
+  init) [[ -f $state/kubeadm-init-fails ]] && { echo "[preflight] error: port 6443 is in use" >&2; exit 1; }
+        mkdir -p /etc/kubernetes/manifests; echo admin >/etc/kubernetes/admin.conf
+        echo apiserver >/etc/kubernetes/manifests/kube-apiserver.yaml ;;
+  reset) rm -rf /etc/kubernetes/admin.conf /etc/kubernetes/kubelet.conf /etc/kubernetes/manifests /etc/kubernetes/pki ;;
+  join) config=$3; stat -c 'join config mode %a' "$config" >>/km-test/calls.log
+        [[ -f $state/kubeadm-join-fails ]] && { echo "error: couldn't validate the identity of the API Server" >&2; exit 1; }
+        mkdir -p /etc/kubernetes/pki; echo kubelet >/etc/kubernetes/kubelet.conf; cp "$state/cluster-ca.crt" /etc/kubernetes/pki/ca.crt ;;
+  token) echo "kubeadm join 10.10.0.2:6443 --token abcdef.0123456789abcdef --discovery-token-ca-cert-hash sha256:$(cat "$state/cluster-ca-hash") " ;;
+esac
+"""
+KUBECTL = """args=" $* "
+case "$args" in
+  *" get --raw=/readyz "*) [[ -f $state/api-down ]] && exit 1; exit 0 ;;
+  *"{.spec.taints[*].key}"*) cat "$state/taints" 2>/dev/null; exit 0 ;;
+  *" -o json "*) cat "$state/node.json" 2>/dev/null || echo '{"metadata": {"labels": {}}}' ;;
+  *"@.type==\\"Ready\\""*) cat "$state/ready" 2>/dev/null; exit 0 ;;
+  *" get node "*) [[ -f $state/node-missing || -f $state/never-registers ]] && exit 1; exit 0 ;;
+  *" wait "*) [[ -f $state/not-ready ]] && { echo "error: timed out waiting for the condition" >&2; exit 1; }; exit 0 ;;
+  *" drain "*) [[ -f $state/drain-fails ]] && exit 1; exit 0 ;;
+  *" delete node "*) [[ -f $state/delete-fails ]] && exit 1; exit 0 ;;
+  *" get nodes "*) echo "NAME STATUS"; echo "cp-0 NotReady" ;;
+esac
+exit 0
+"""
+
+
+@pytest.fixture
+def cluster_node(node: Sandbox) -> Sandbox:
+    node.behaviour["kubeadm"] = KUBEADM
+    node.behaviour["kubectl"] = KUBECTL
+    return node
+
+
+def init_step(takes_workloads: bool = False, config: str = "kind: InitConfiguration\n") -> NodeStep:
+    return NodeStep(
+        "kubeadm-init",
+        "50-kubeadm-init.sh",
+        (
+            ("node-name", "cp-0"),
+            ("takes-workloads", "true" if takes_workloads else "false"),
+            ("kata-label", KATA_LABEL),
+            ("config-b64", base64.b64encode(config.encode()).decode()),
+        ),
+    )
+
+
+def kubectl_calls(result) -> list[str]:
+    return [c for c in result.calls if c.startswith("kubectl") and "--raw=/readyz" not in c]
+
+
+def test_init_runs_kubeadm_once_and_keeps_a_dedicated_control_plane_tainted_and_unlabelled(cluster_node):
+    node = cluster_node
+    node.set_state("node.json", '{"metadata": {"labels": {"katacontainers.io/kata-runtime": "true"}}}')
+    result = node.run(init_step())
+    assert result.returncode == 0, result.stderr
+    files = node.changes()
+    assert files["/etc/kubernetes/kubeadm-init.yaml"][:2] == ("kind: InitConfiguration\n", 0o600)
+    assert "/etc/kubernetes/.kata-mesh-initialized" in files
+    assert [c for c in result.calls if c.startswith("kubeadm")] == [
+        "kubeadm init --config /etc/kubernetes/kubeadm-init.yaml --skip-token-print"
+    ]
+    assert kubectl_calls(result) == [
+        f"kubectl taint node cp-0 {CONTROL_PLANE_TAINT}=:NoSchedule --overwrite",
+        "kubectl get node cp-0 -o json",
+        "kubectl label node cp-0 katacontainers.io/kata-runtime-",
+    ]
+    second = node.run(init_step())
+    assert second.returncode == 0, second.stderr
+    assert not [c for c in second.calls if c.startswith("kubeadm")]
+    assert node.changes() == files
+
+
+def test_init_lets_a_lone_control_plane_take_kata_workloads(cluster_node):
+    node = cluster_node
+    node.set_state("taints", CONTROL_PLANE_TAINT)
+    result = node.run(init_step(takes_workloads=True))
+    assert result.returncode == 0, result.stderr
+    assert kubectl_calls(result) == [
+        "kubectl get node cp-0 -o jsonpath={.spec.taints[*].key}",
+        f"kubectl taint node cp-0 {CONTROL_PLANE_TAINT}:NoSchedule-",
+        f"kubectl label node cp-0 {KATA_LABEL} --overwrite",
+    ]
+    node.set_state("taints", "")
+    again = node.run(init_step(takes_workloads=True))
+    assert not [c for c in again.calls if " taint " in c]
+
+
+def test_init_resets_a_half_done_init_before_trying_again(cluster_node):
+    node = cluster_node
+    node.seed("/etc/kubernetes/admin.conf", "from a run that died")
+    result = node.run(init_step())
+    assert result.returncode == 0, result.stderr
+    assert [c for c in result.calls if c.startswith("kubeadm")] == [
+        "kubeadm reset -f",
+        "kubeadm init --config /etc/kubernetes/kubeadm-init.yaml --skip-token-print",
+    ]
+    assert "an earlier kubeadm init did not finish" in result.stderr
+
+
+def test_init_does_not_init_again_for_a_changed_config_and_says_so(cluster_node):
+    node = cluster_node
+    assert node.run(init_step()).returncode == 0
+    result = node.run(init_step(config="kind: InitConfiguration\n# changed\n"))
+    assert result.returncode == 0, result.stderr
+    assert not [c for c in result.calls if c.startswith("kubeadm")]
+    assert "kubeadm init does not re-apply a changed config" in result.stderr
+
+
+def test_init_that_fails_leaves_no_mark_so_the_next_run_tries_again(cluster_node):
+    node = cluster_node
+    node.set_state("kubeadm-init-fails")
+    result = node.run(init_step())
+    assert result.returncode == 1
+    assert "kubeadm init failed; see the output above" in result.stderr
+    assert "port 6443 is in use" in result.stderr
+    assert "/etc/kubernetes/.kata-mesh-initialized" not in node.changes()
+
+
+def test_init_fails_when_the_api_server_never_answers(cluster_node):
+    node = cluster_node
+    node.set_state("api-down")
+    result = node.run(init_step())
+    assert result.returncode == 1
+    assert "the API server does not answer on this node" in result.stderr
+    assert sum("--raw=/readyz" in c for c in result.calls) == 61
+
+
+def join_token_step() -> NodeStep:
+    return NodeStep("join-token", "60-join-token.sh", (("node-name", "worker-0"), ("ttl", "1h")))
+
+
+@pytest.mark.parametrize(
+    ("ready", "deleted"), [("", False), ("True", False), ("False", True), ("Unknown", True)]
+)
+def test_join_token_prints_only_the_join_command_and_clears_a_stale_node(cluster_node, ready, deleted):
+    node = cluster_node
+    node.set_state("cluster-ca-hash", "c" * 64)
+    node.set_state("ready", ready)
+    result = node.run(join_token_step())
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == (
+        f"kubeadm join 10.10.0.2:6443 --token abcdef.0123456789abcdef --discovery-token-ca-cert-hash sha256:{'c' * 64}"
+    )
+    assert ("kubectl delete node worker-0 --wait=true --timeout=60s" in result.calls) is deleted
+    assert (
+        result.calls[-1]
+        == "kubeadm token create --ttl 1h --description kata-mesh join for worker-0 --print-join-command"
+    )
+    assert node.changes() == {}
+
+
+def make_ca(folder: Path, name: str) -> tuple[str, str]:
+    """A CA certificate and the kubeadm discovery hash of its public key (sha256 of the
+    SubjectPublicKeyInfo, taken here from the key itself)."""
+    key, cert = folder / f"{name}.key", folder / f"{name}.crt"
+    subprocess.run(
+        ["openssl", "genpkey", "-algorithm", "ed25519", "-out", str(key)], check=True, capture_output=True
+    )
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-key",
+            str(key),
+            "-subj",
+            f"/CN={name}",
+            "-days",
+            "1",
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    spki = subprocess.run(
+        ["openssl", "pkey", "-in", str(key), "-pubout", "-outform", "der"], check=True, capture_output=True
+    ).stdout
+    return cert.read_text(), hashlib.sha256(spki).hexdigest()
+
+
+def join_step(ca_hash: str) -> NodeStep:
+    config = f"kind: JoinConfiguration\ndiscovery:\n  bootstrapToken:\n    token: abcdef.0123456789abcdef\n    caCertHashes:\n    - sha256:{ca_hash}\n"
+    return NodeStep(
+        "kubeadm-join",
+        "70-kubeadm-join.sh",
+        (("node-name", "worker-0"), ("config-b64", base64.b64encode(config.encode()).decode())),
+    )
+
+
+@pytest.fixture
+def cluster_ca(cluster_node: Sandbox, tmp_path: Path) -> str:
+    cert, ca_hash = make_ca(tmp_path, "cluster")
+    cluster_node.set_state("cluster-ca.crt", cert)
+    return ca_hash
+
+
+def test_join_joins_once_with_its_config_readable_by_root_only_and_then_removed(cluster_node, cluster_ca):
+    node = cluster_node
+    result = node.run(join_step(cluster_ca))
+    assert result.returncode == 0, result.stderr
+    join = [c for c in result.calls if c.startswith("kubeadm join")]
+    assert len(join) == 1 and re.fullmatch(r"kubeadm join --config /etc/kubernetes-join\.\w+\.yaml", join[0])
+    assert "join config mode 600" in result.calls
+    files = node.changes()
+    assert "/etc/kubernetes/.kata-mesh-joined" in files
+    assert not [p for p in files if p.startswith("/etc/kubernetes-join.")], "the token stayed on disk"
+    second = node.run(join_step(cluster_ca))
+    assert second.returncode == 0, second.stderr
+    assert "already joined" in second.stderr
+    assert not [c for c in second.calls if c.startswith(("kubeadm", "systemctl"))]
+
+
+def test_join_makes_a_deleted_node_register_again(cluster_node, cluster_ca):
+    node = cluster_node
+    assert node.run(join_step(cluster_ca)).returncode == 0
+    node.set_state("node-missing")
+    result = node.run(join_step(cluster_ca))
+    assert result.returncode == 0, result.stderr
+    assert "systemctl restart kubelet" in result.calls
+    assert not [c for c in result.calls if c.startswith("kubeadm")]
+
+
+def test_join_moves_a_node_of_another_cluster_to_this_one(cluster_node, cluster_ca, tmp_path):
+    node = cluster_node
+    assert node.run(join_step(cluster_ca)).returncode == 0
+    new_cert, new_hash = make_ca(tmp_path, "new-cluster")
+    node.set_state("cluster-ca.crt", new_cert)
+    result = node.run(join_step(new_hash))
+    assert result.returncode == 0, result.stderr
+    assert "joined to another cluster (its CA differs)" in result.stderr
+    kubeadm = [c.split(" --config")[0] for c in result.calls if c.startswith("kubeadm")]
+    assert kubeadm == ["kubeadm reset -f", "kubeadm join"]
+    assert node.files()["/etc/kubernetes/pki/ca.crt"] == new_cert
+
+
+def test_join_resets_a_half_joined_node_first(cluster_node, cluster_ca):
+    node = cluster_node
+    node.seed("/etc/kubernetes/kubelet.conf", "from a join that died")
+    result = node.run(join_step(cluster_ca))
+    assert result.returncode == 0, result.stderr
+    assert [c.split(" --config")[0] for c in result.calls if c.startswith("kubeadm")] == [
+        "kubeadm reset -f",
+        "kubeadm join",
+    ]
+
+
+def test_join_that_fails_leaves_no_mark_and_no_token_on_disk(cluster_node, cluster_ca):
+    node = cluster_node
+    node.set_state("kubeadm-join-fails")
+    result = node.run(join_step(cluster_ca))
+    assert result.returncode == 1
+    assert "kubeadm join failed; see the output above" in result.stderr
+    files = node.changes()
+    assert "/etc/kubernetes/.kata-mesh-joined" not in files
+    assert not [p for p in files if p.startswith("/etc/kubernetes-join.")]
+
+
+def removal_step() -> NodeStep:
+    return NodeStep(
+        "remove-node", "80-remove-node.sh", (("node-name", "worker-1"), ("timeout-seconds", "120"))
+    )
+
+
+def test_removal_drains_then_deletes_the_node(cluster_node):
+    node = cluster_node
+    node.seed("/etc/kubernetes/admin.conf", "admin")
+    result = node.run(removal_step())
+    assert result.returncode == 0, result.stderr
+    assert kubectl_calls(result) == [
+        "kubectl drain worker-1 --ignore-daemonsets --delete-emptydir-data --force --timeout=120s",
+        "kubectl delete node worker-1 --ignore-not-found --wait=false",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("failure", "message"),
+    [
+        ("drain-fails", "drain of worker-1 did not finish; deleting it anyway"),
+        ("delete-fails", "could not delete Node worker-1; remove it with kubectl delete node"),
+    ],
+)
+def test_removal_never_blocks_the_removal_of_a_worker(cluster_node, failure, message):
+    node = cluster_node
+    node.seed("/etc/kubernetes/admin.conf", "admin")
+    node.set_state(failure)
+    result = node.run(removal_step())
+    assert result.returncode == 0
+    assert message in result.stderr
+    assert "kubectl delete node worker-1 --ignore-not-found --wait=false" in result.calls
+
+
+def test_removal_on_a_node_without_a_cluster_has_nothing_to_drain(cluster_node):
+    result = cluster_node.run(removal_step())
+    assert result.returncode == 0
+    assert "no cluster on this node; nothing to drain" in result.stderr
+    assert not [c for c in result.calls if c.startswith("kubectl")]
+
+
+def nodes_ready_step(timeout: str = "900") -> NodeStep:
+    return NodeStep(
+        "nodes-ready",
+        "90-wait-nodes-ready.sh",
+        (("node-names", "cp-0 worker-0"), ("timeout-seconds", timeout)),
+    )
+
+
+def test_nodes_ready_waits_for_every_node_to_register_then_be_ready(cluster_node):
+    result = cluster_node.run(nodes_ready_step())
+    assert result.returncode == 0, result.stderr
+    assert result.calls[:2] == ["kubectl get node cp-0", "kubectl get node worker-0"]
+    assert re.fullmatch(
+        r"kubectl wait --for=condition=Ready node/cp-0 node/worker-0 --timeout=\d+s", result.calls[2]
+    )
+
+
+def test_nodes_ready_fails_naming_a_node_that_never_registered(cluster_node):
+    cluster_node.set_state("never-registers")
+    result = cluster_node.run(nodes_ready_step(timeout="1"))
+    assert result.returncode == 1
+    assert "Node cp-0 never registered: NAME STATUS" in result.stderr
+
+
+def test_nodes_ready_fails_showing_the_nodes_when_one_stays_not_ready(cluster_node):
+    cluster_node.set_state("not-ready")
+    result = cluster_node.run(nodes_ready_step())
+    assert result.returncode == 1
+    assert "not every node is Ready: NAME STATUS" in result.stderr
+    assert "cp-0 NotReady" in result.stderr

@@ -18,7 +18,7 @@ from harness import (
 )
 
 from components import versions
-from components.node_provisioning import KATA_LINKS, SCRIPTS_DIR, NodeStep, ProvisioningSpec, node_steps
+from components.node_provisioning import SCRIPTS_DIR, NodeStep, ProvisioningSpec, node_steps
 from components.settings import parse_settings
 
 COMMAND = "command:remote:Command"
@@ -103,15 +103,31 @@ def node_steps_for(stack: str, **overrides: str) -> list[NodeStep]:
 
 def test_step_arguments_carry_the_pins_and_the_seeds_links():
     steps = {s.name: dict(s.args) for s in node_steps_for("dev")}
-    assert steps["kata"]["kata-sha256"] == versions.KATA_RELEASES["3.32.0"].sha256
+    # REFERENCE section 2 (kubespray's checksums; Kata's pinned by hand).
+    assert steps["kata"]["kata-sha256"] == "1449ecea50bd91fa73a94648db195d18950fe869ba4b1f12d05f55f1fa7c1b01"
     assert steps["kata"]["kata-url"] == (
         "https://github.com/kata-containers/kata-containers/releases/download/3.32.0/kata-static-3.32.0-amd64.tar.zst"
     )
-    assert steps["kata"]["links"].split() == list(KATA_LINKS)
+    # The seed's five links (REFERENCE section 1).
+    assert steps["kata"]["links"].split() == [
+        "kata-runtime",
+        "containerd-shim-kata-v2",
+        "kata-monitor",
+        "kata-collect-data.sh",
+        "qemu-system-x86_64",
+    ]
     assert steps["kata"]["prefix"] == "/opt/kata"
-    assert steps["containerd"]["containerd-sha256"] == versions.CONTAINERD.sha256
-    assert steps["containerd"]["runc-sha256"] == versions.RUNC.sha256
-    assert steps["containerd"]["cni-sha256"] == versions.CNI_PLUGINS.sha256
+    assert steps["containerd"]["containerd-sha256"] == (
+        "9d68969855fbf676cdb8ed758e420fb048d61f984f61de3e53eddfebe484d168"
+    )
+    assert (
+        steps["containerd"]["runc-sha256"]
+        == "f6ae8efc0fa40079e1475e97cbe9d1bd3f106a28d6af78a11d9f1bd565515e60"
+    )
+    assert (
+        steps["containerd"]["cni-sha256"]
+        == "b98f74a0f8522f0a83867178729c1aa70f2158f90c45a2ca8fa791db1c76b303"
+    )
     assert steps["kubernetes"]["apt-repository"] == "https://pkgs.k8s.io/core:/stable:/v1.36/deb/"
     assert steps["kubernetes"]["kubernetes-version"] == "1.36.4"
     # The kubernetes step puts back the pinned CNI plugins the containerd step downloaded.

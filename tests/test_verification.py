@@ -69,6 +69,22 @@ def test_a_pod_that_runs_under_runc_fails():
     assert f"no qemu-system-x86_64 process on {NODE}" in found
 
 
+@pytest.mark.parametrize("handler", ["runc", ""])
+def test_a_sandbox_that_crictl_reports_under_runc_or_no_handler_fails_even_if_all_else_looks_kata(handler):
+    """What a non-Kata pod really shows in `crictl inspectp`: handler runc, or an empty handler
+    (containerd's default runtime); the kernel and processes alone must not pass it."""
+    evidence = sample_evidence(NODE)
+    kata_sandbox = evidence["pods"]["items"][0]
+    kata_sandbox["runtimeHandler"] = handler
+    inspected = json.loads(json.dumps(evidence["inspect"][kata_sandbox["id"]]))
+    inspected["status"]["runtimeHandler"] = handler
+    evidence["inspect"][kata_sandbox["id"]] = inspected
+    report = verify(sample_facts(NODE), [evidence], "httpbin", None)
+    assert not report.passed
+    assert f"runs under runtime handler {handler!r}, not 'kata'" in problems_of(report)
+    assert report.details["kata"]["runtimeHandler"] == handler
+
+
 def test_a_pod_without_its_sidecar_fails():
     facts = sample_facts(NODE, pods="kubectl-get-pods-no-sidecar.json")
     report = verify(facts, [sample_evidence(NODE)], "httpbin", None)
@@ -142,7 +158,8 @@ def test_the_evidence_script_turns_crictl_and_ps_output_into_what_the_verdict_re
         tmp_path,
         {
             "crictl": f"""case "$1 $*" in
-  "pods "*) cat "$SAMPLES/crictl-pods.json" ;;
+  # Only the sandboxes that are ready: crictl lists stopped ones too otherwise.
+  "pods pods --namespace httpbin --state ready -o json") cat "$SAMPLES/crictl-pods.json" ;;
   *{pods[0]["id"]}*) cat "$SAMPLES/crictl-inspectp-kata.json" ;;
   *{pods[1]["id"]}*) cat "$SAMPLES/crictl-inspectp-runc.json" ;;
   *{pods[2]["id"]}*) cat "$SAMPLES/crictl-inspectp-client.json" ;;
@@ -224,6 +241,72 @@ def test_a_failed_request_fails_the_facts_step_itself_so_a_retry_gathers_again(t
         in result.stderr
     )
     assert result.stdout == ""
+
+
+def fake_kubectl_failing(case: str) -> str:
+    return f"""case "$*" in
+  *"rollout status"*) {"exit 1" if case == "rollout" else ":"} ;;
+  *"delete pod mesh-client"* | *"run mesh-client"*) ;;
+  *"wait --for=condition=Ready pod/mesh-client"*) {"exit 1" if case == "client" else ":"} ;;
+  *"get pods -o wide"*) echo "httpbin-6b8f7c9d4-x2x7k 1/2 Running" ;;
+  *"describe pod mesh-client"*) echo "Warning  Failed  ErrImagePull" ;;
+  *) echo "unexpected: kubectl $*" >&2; exit 1 ;;
+esac"""
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("rollout", "deployment httpbin did not roll out within 5s: httpbin-6b8f7c9d4-x2x7k 1/2 Running"),
+        ("client", "the mesh client pod is not Ready: Warning  Failed  ErrImagePull"),
+    ],
+)
+def test_the_facts_step_fails_itself_when_the_app_or_its_client_never_get_ready(tmp_path, jq, case, message):
+    env = fake_tools(tmp_path, {"kubectl": fake_kubectl_failing(case)})
+    result = run_script(
+        "96-mesh-facts.sh",
+        (
+            ("namespace", "httpbin"),
+            ("apps", "httpbin"),
+            ("client-image", "docker.io/curlimages/curl:8.11.1"),
+            ("url", "http://httpbin.httpbin:8000/get"),
+            ("timeout-seconds", "5"),
+        ),
+        env,
+    )
+    assert result.returncode == 1
+    assert f"ERROR: {message}" in result.stderr
+    assert result.stdout == ""
+
+
+def test_the_facts_step_reads_the_kernel_of_the_newest_app_pod_after_a_rollout(tmp_path, jq):
+    """During a rollout the old pod may linger: the kernel comes from the newest one."""
+    pods = sample("kubectl-get-pods.json")
+    kata = next(p for p in pods["items"] if p["metadata"]["name"] == "httpbin-6b8f7c9d4-x2x7k")
+    old = json.loads(json.dumps(kata))
+    old["metadata"]["name"] = "httpbin-5d9c8b7a6-oldpd"
+    old["metadata"]["creationTimestamp"] = "2026-01-01T00:00:00Z"
+    kata["metadata"]["creationTimestamp"] = "2026-12-01T00:00:00Z"
+    (tmp_path / "two-pods.json").write_text(json.dumps({"items": [kata, old]}))
+    fake = fake_kubectl("curl-get-mtls.txt").replace(
+        '*"get pods -l app=httpbin -o json"*) cat "$SAMPLES/kubectl-get-pods.json" ;;',
+        f'*"get pods -l app=httpbin -o json"*) cat {tmp_path / "two-pods.json"} ;;\n'
+        '  *"exec httpbin-5d9c8b7a6-oldpd"*) echo 6.8.0-1017-gcp ;;',
+    )
+    env = fake_tools(tmp_path, {"kubectl": fake})
+    result = run_script(
+        "96-mesh-facts.sh",
+        (
+            ("namespace", "httpbin"),
+            ("apps", "httpbin"),
+            ("client-image", "docker.io/curlimages/curl:8.11.1"),
+            ("url", "http://httpbin.httpbin:8000/get"),
+            ("timeout-seconds", "5"),
+        ),
+        env,
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["podKernels"] == {"httpbin-6b8f7c9d4-x2x7k": KATA_GUEST_KERNEL}
 
 
 @pytest.mark.parametrize("passed", [True, False])
