@@ -521,17 +521,3 @@ def rule_results(crd: CrdVersion, obj: Any) -> list[RuleResult]:
 
     visit(crd.openapi, obj, "", "")
     return results
-
-
-def as_sent(value: Any) -> Any:
-    """A declared value as the provider sends it: JSON, where an integral number is an integer.
-
-    Mock inputs come through protobuf, where every number is a float; CEL tells 80 from 80.0.
-    """
-    if isinstance(value, dict):
-        return {k: as_sent(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [as_sent(v) for v in value]
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return value

@@ -16,7 +16,16 @@ import crd_schema
 import jsonschema
 import pytest
 from crd_schema import ERROR, PASSED, TRANSITION, UNEVALUATED, VIOLATED, CrdLookupError, CrdVersion
-from harness import PROJECT, STACKS, ProgramRun, cached_run, require_charts, run_program, stack_config
+from harness import (
+    PROJECT,
+    STACKS,
+    ProgramRun,
+    as_manifest,
+    cached_run,
+    require_charts,
+    run_program,
+    stack_config,
+)
 
 GATEWAY_ON = {f"{PROJECT}:ingressGateway": True}
 DECLARED_VERSIONS = {
@@ -62,7 +71,7 @@ def istio_objects(stack: str) -> list[tuple[str, str, dict[str, Any]]]:
     for label, program in runs(stack).items():
         for r in program.registrations:
             if r.custom and is_istio(r.type):
-                obj = crd_schema.as_sent(r.inputs)
+                obj = as_manifest(r.inputs)
                 assert r.type == f"kubernetes:{obj['apiVersion']}:{obj['kind']}", r.type
                 found.append((label, r.name, obj))
     return found

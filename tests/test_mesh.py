@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import kubernetes_validate
 import pytest
-from harness import OPERATOR_CONFIG, PROJECT, STACKS, ProgramRun, cached_run
+from harness import OPERATOR_CONFIG, PROJECT, STACKS, ProgramRun, as_manifest, cached_run
 
 RELEASE = "kubernetes:helm.sh/v3:Release"
 DEPLOYMENT = "kubernetes:apps/v1:Deployment"
@@ -21,17 +21,6 @@ KUBERNETES_SCHEMA_VERSION = "1.36.0"
 
 
 run = cached_run
-
-
-def as_manifest(value):
-    """Mock inputs arrive through protobuf, where every number is a float."""
-    if isinstance(value, dict):
-        return {k: as_manifest(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [as_manifest(v) for v in value]
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return value
 
 
 def kubernetes_objects(program: ProgramRun):

@@ -203,19 +203,22 @@ def fake_kubectl(curl_sample: str) -> str:
 esac"""
 
 
+FACTS_ARGS = (
+    ("namespace", "httpbin"),
+    ("apps", "httpbin"),
+    ("client-image", "docker.io/curlimages/curl:8.11.1"),
+    ("url", "http://httpbin.httpbin:8000/get"),
+    ("timeout-seconds", "5"),
+)
+
+
+def run_facts_with(tmp_path: Path, kubectl: str) -> subprocess.CompletedProcess[str]:
+    """96-mesh-facts.sh for httpbin, against a kubectl stand-in."""
+    return run_script("96-mesh-facts.sh", FACTS_ARGS, fake_tools(tmp_path, {"kubectl": kubectl}))
+
+
 def run_facts_script(tmp_path: Path, curl_sample: str) -> subprocess.CompletedProcess[str]:
-    env = fake_tools(tmp_path, {"kubectl": fake_kubectl(curl_sample)})
-    return run_script(
-        "96-mesh-facts.sh",
-        (
-            ("namespace", "httpbin"),
-            ("apps", "httpbin"),
-            ("client-image", "docker.io/curlimages/curl:8.11.1"),
-            ("url", "http://httpbin.httpbin:8000/get"),
-            ("timeout-seconds", "5"),
-        ),
-        env,
-    )
+    return run_facts_with(tmp_path, fake_kubectl(curl_sample))
 
 
 @pytest.mark.parametrize(
@@ -262,18 +265,7 @@ esac"""
     ],
 )
 def test_the_facts_step_fails_itself_when_the_app_or_its_client_never_get_ready(tmp_path, jq, case, message):
-    env = fake_tools(tmp_path, {"kubectl": fake_kubectl_failing(case)})
-    result = run_script(
-        "96-mesh-facts.sh",
-        (
-            ("namespace", "httpbin"),
-            ("apps", "httpbin"),
-            ("client-image", "docker.io/curlimages/curl:8.11.1"),
-            ("url", "http://httpbin.httpbin:8000/get"),
-            ("timeout-seconds", "5"),
-        ),
-        env,
-    )
+    result = run_facts_with(tmp_path, fake_kubectl_failing(case))
     assert result.returncode == 1
     assert f"ERROR: {message}" in result.stderr
     assert result.stdout == ""
@@ -293,18 +285,7 @@ def test_the_facts_step_reads_the_kernel_of_the_newest_app_pod_after_a_rollout(t
         f'*"get pods -l app=httpbin -o json"*) cat {tmp_path / "two-pods.json"} ;;\n'
         '  *"exec httpbin-5d9c8b7a6-oldpd"*) echo 6.8.0-1017-gcp ;;',
     )
-    env = fake_tools(tmp_path, {"kubectl": fake})
-    result = run_script(
-        "96-mesh-facts.sh",
-        (
-            ("namespace", "httpbin"),
-            ("apps", "httpbin"),
-            ("client-image", "docker.io/curlimages/curl:8.11.1"),
-            ("url", "http://httpbin.httpbin:8000/get"),
-            ("timeout-seconds", "5"),
-        ),
-        env,
-    )
+    result = run_facts_with(tmp_path, fake)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["podKernels"] == {"httpbin-6b8f7c9d4-x2x7k": KATA_GUEST_KERNEL}
 
