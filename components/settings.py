@@ -112,6 +112,10 @@ MIN_CPU_PLATFORMS = {
 N1_NESTED_PLATFORMS = ("Intel Haswell", "Intel Broadwell", "Intel Skylake")
 DISK_TYPES = ("pd-balanced", "pd-ssd", "pd-standard", "hyperdisk-balanced")
 MIN_BOOT_DISK_GB = 30
+# GCE: a subnet's primary range is /29 or larger, and four of its addresses are reserved
+# (network, gateway, second-to-last, broadcast).
+GCE_SMALLEST_SUBNET_PREFIX = 29
+GCE_RESERVED_ADDRESSES = 4
 # kubeadm's preflight check NumCPU refuses fewer than 2 vCPUs.
 MIN_VCPUS = 2
 GCE_NAME = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
@@ -168,7 +172,7 @@ class Problem:
     index: int | None = None
 
     def __str__(self) -> str:
-        shown = "<secret>" if self.key in SECRET_KEYS else show(self.value)
+        shown = "[secret]" if self.key in SECRET_KEYS else show(self.value)
         return f"{self.key} = {shown}: {self.fix}"
 
 
@@ -412,8 +416,8 @@ def _check_machine_type(r: _Reader, machine_type: str) -> str:
                 f"virtualization; use a VM type, {looks_like}",
             )
             return series
-        if predefined["suffix"] == "lssd" and series not in LSSD_SERIES:
-            r.problem(key, machine_type, f"{series} has no -lssd machine types; {looks_like}")
+        if predefined["suffix"] == "lssd" and (series not in LSSD_SERIES or predefined["kind"] != "standard"):
+            r.problem(key, machine_type, f"only c3-standard types come with -lssd; {looks_like}")
             return series
     if cpus < MIN_VCPUS:
         r.problem(key, machine_type, "kubeadm needs at least 2 vCPUs; use e.g. n2-standard-2")
@@ -450,7 +454,7 @@ def _check_min_cpu_platform(r: _Reader, series: str, platform: str | None) -> No
         position = r.problem("minCpuPlatform", platform, f"{reason}; {choose}")
     spelled = {re.sub(r"\s+", "", p.lower()): p for p in allowed}.get(re.sub(r"\s+", "", platform.lower()))
     if spelled:
-        r.suggest(position, spelled, f"GCE names it {spelled}; did you mean {spelled}?")
+        r.suggest(position, spelled, f"did you mean {spelled} (GCE's spelling)?")
 
 
 def _check_disk(r: _Reader, series: str, disk_type: str, size_gb: int) -> None:
@@ -468,7 +472,7 @@ def _check_disk(r: _Reader, series: str, disk_type: str, size_gb: int) -> None:
         )
 
 
-def _check_networks(r: _Reader, subnet: str, pods: str, services: str) -> None:
+def _check_networks(r: _Reader, subnet: str, pods: str, services: str, nodes: int) -> None:
     named = {
         key: net
         for key, net in (
@@ -478,6 +482,20 @@ def _check_networks(r: _Reader, subnet: str, pods: str, services: str) -> None:
         )
         if net is not None
     }
+    node_net = named.get("subnetCidr")
+    if node_net is not None and node_net.prefixlen > GCE_SMALLEST_SUBNET_PREFIX:
+        r.problem(
+            "subnetCidr",
+            str(node_net),
+            f"GCE subnets are /{GCE_SMALLEST_SUBNET_PREFIX} or larger; use e.g. {node_net.supernet(new_prefix=24)}",
+        )
+    elif node_net is not None and node_net.num_addresses - GCE_RESERVED_ADDRESSES < nodes:
+        r.problem(
+            "subnetCidr",
+            str(node_net),
+            f"has {node_net.num_addresses - GCE_RESERVED_ADDRESSES} usable addresses (GCE reserves "
+            f"{GCE_RESERVED_ADDRESSES}), fewer than the {nodes} nodes; use a larger range, e.g. a /24",
+        )
     keys = list(named)
     for i, first in enumerate(keys):
         for second in keys[i + 1 :]:
@@ -620,7 +638,10 @@ def _read(raw: Mapping[str, str | None], stack: str) -> tuple[_Reader, Settings 
     region = r.string("gcp:region")
     zone = r.string("gcp:zone")
     machine_type = r.string("machineType")
-    min_cpu_platform = r.string("minCpuPlatform") or None
+    # GCE's "Automatic" is the same as no minimum.
+    min_cpu_platform = r.string("minCpuPlatform").strip() or None
+    if min_cpu_platform is not None and min_cpu_platform.lower() == "automatic":
+        min_cpu_platform = None
     control_plane_count = r.integer("controlPlaneCount")
     worker_count = r.integer("workerCount")
     spot = r.boolean("spot")
@@ -677,7 +698,7 @@ def _read(raw: Mapping[str, str | None], stack: str) -> tuple[_Reader, Settings 
     elif worker_count > 99:
         r.problem("workerCount", worker_count, "at most 99 workers (node names end in -worker-NN)")
     _check_disk(r, series, boot_disk_type, boot_disk_size_gb)
-    _check_networks(r, subnet_cidr, pod_cidr, service_cidr)
+    _check_networks(r, subnet_cidr, pod_cidr, service_cidr, control_plane_count + max(worker_count, 0))
     _check_allowed_cidrs(r, "sshAllowedCidrs", ssh_allowed_cidrs, "SSH (22) on every node")
     _check_allowed_cidrs(r, "apiAllowedCidrs", api_allowed_cidrs, "the Kubernetes API (6443)")
     if not LINUX_USER.match(admin_user) or admin_user == "root":

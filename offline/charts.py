@@ -3,6 +3,7 @@ a real helm (`helm template`), exactly with the values the program passes."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -75,40 +76,56 @@ def chart_metadata(archive: Path) -> dict[str, Any]:
 
 
 def chart_archives(folder: Path) -> Iterator[tuple[Path, str, str]]:
-    """(archive, chart name, chart version) for every chart archive in a folder."""
+    """(archive, chart name, chart version) for every chart archive in a folder; anything else
+    (not a chart, a broken one) is passed over."""
     for archive in sorted(folder.glob("*.tgz")):
         try:
             meta = chart_metadata(archive)
-        except (tarfile.TarError, StopIteration, yaml.YAMLError):
+        except (OSError, tarfile.TarError, StopIteration, yaml.YAMLError):
             continue
-        yield archive, str(meta["name"]), str(meta["version"])
+        if isinstance(meta, dict) and meta.get("name") and meta.get("version"):
+            yield archive, str(meta["name"]), str(meta["version"])
 
 
-def _minor(version: str) -> tuple[str, ...]:
-    return tuple(version.removeprefix("v").split(".")[:2])
+def _version_key(version: str) -> tuple[int, ...]:
+    """1.30.10 after 1.30.3; v0.28.9 as 0.28.9; a pre-release part is ignored."""
+    numbers = version.removeprefix("v").split("-", 1)[0].split(".")
+    return tuple(int(n) if n.isdigit() else -1 for n in numbers)
 
 
 @dataclass(frozen=True)
 class ChartSource:
     archive: Path | None
+    # The chart version the archive holds (None without one), and the pinned one.
+    version: str | None
+    pinned: str
     # Where it came from, and how it differs from the pin, in words for the plan.
     note: str
 
     @property
     def exact(self) -> bool:
-        return self.archive is not None and "in place of" not in self.note
+        return self.archive is not None and self.version == self.pinned
 
 
 def _from_folder(release: HelmRelease, folder: Path, same_minor: bool) -> ChartSource | None:
-    for archive, name, version in chart_archives(folder):
-        if name != release.chart:
-            continue
+    """The pinned chart in a folder; with same_minor, else the highest patch of the pin's minor."""
+    candidates = [
+        (archive, version) for archive, name, version in chart_archives(folder) if name == release.chart
+    ]
+    for archive, version in candidates:
         if version == release.version:
-            return ChartSource(archive, f"chart {name} {version} from {archive}")
-        if same_minor and _minor(version) == _minor(release.version):
+            return ChartSource(
+                archive, version, release.version, f"chart {release.chart} {version} from {archive.name}"
+            )
+    if same_minor:
+        near = [(a, v) for a, v in candidates if _version_key(v)[:2] == _version_key(release.version)[:2]]
+        if near:
+            archive, version = max(near, key=lambda pair: _version_key(pair[1]))
             return ChartSource(
                 archive,
-                f"chart {name} {version} from {archive}, in place of the pinned {release.version} "
+                version,
+                release.version,
+                f"chart {release.chart} {version} from {archive.name}, in place of the pinned {release.version} "
                 "(same minor; the pinned archive is not in that folder)",
             )
     return None
@@ -119,8 +136,14 @@ def _cached(release: HelmRelease) -> ChartSource | None:
     return _from_folder(release, CHART_CACHE, same_minor=False) if CHART_CACHE.is_dir() else None
 
 
+# Repositories that could not be reached this run: the next release from one is not tried again.
+_unreachable: set[str] = set()
+
+
 def _pull(release: HelmRelease, helm: str) -> ChartSource | None:
     """The pinned chart from its repository, into .cache/charts; None without a network."""
+    if release.repository in _unreachable:
+        return None
     CHART_CACHE.mkdir(parents=True, exist_ok=True)
     command = [helm, "pull", release.chart, "--repo", release.repository, "--version", release.version]
     try:
@@ -130,10 +153,14 @@ def _pull(release: HelmRelease, helm: str) -> ChartSource | None:
             capture_output=True,
             timeout=PULL_TIMEOUT_SECONDS,
         )
-    except (subprocess.CalledProcessError, subprocess.TimeoutExpired):
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as err:
+        stderr = getattr(err, "stderr", b"") or b""
+        # A repository without the version answered; one that did not answer is not asked again.
+        if b"not found" not in stderr:
+            _unreachable.add(release.repository)
         return None
     found = _from_folder(release, CHART_CACHE, same_minor=False)
-    return found and ChartSource(found.archive, f"{found.note} (pulled from {release.repository})")
+    return found and dataclasses.replace(found, note=f"{found.note} (pulled from {release.repository})")
 
 
 def locate_chart(
@@ -166,7 +193,10 @@ def locate_chart(
     else:
         reasons.append(f"could not be pulled from {release.repository}")
     return ChartSource(
-        None, f"chart {release.chart} {release.version} could not be had ({'; '.join(reasons)})"
+        None,
+        None,
+        release.version,
+        f"chart {release.chart} {release.version} could not be had ({'; '.join(reasons)})",
     )
 
 

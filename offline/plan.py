@@ -5,6 +5,7 @@ Kubernetes objects, Helm releases rendered by helm)."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import ipaddress
 import itertools
 import json
@@ -41,6 +42,8 @@ from offline.engine import (
 )
 
 SECRET_SHOWN = "[secret]"
+# In a folder the plan wrote: the next plan may replace that folder, and no other.
+PLAN_MARKER = ".kata-mesh-plan"
 UNKNOWN_SHOWN = "(known after deploy)"
 COMMAND_TYPE = "command:remote:Command"
 STACK_TYPE = "pulumi:pulumi:Stack"
@@ -130,7 +133,9 @@ def plan_config(stack: str) -> tuple[dict[str, str], list[str]]:
         config["gcp:project"] = PLACEHOLDER_PROJECT
         warnings.append(f"gcp:project is not set; the plan uses {PLACEHOLDER_PROJECT}: {fix}")
     for key in (f"{PROJECT}:sshAllowedCidrs", f"{PROJECT}:apiAllowedCidrs"):
-        if json.loads(config.get(key, "[]")) == []:
+        # Only an empty list gets a placeholder; anything else goes to the program as it is
+        # (a plain string, say, which the settings check refuses with its own message).
+        if config.get(key, "[]").strip() in ("[]", ""):
             config[key] = json.dumps([PLACEHOLDER_ADMIN_CIDR])
             warnings.append(f"{key} is empty; the plan uses [{PLACEHOLDER_ADMIN_CIDR}]: {fix}")
     return config, warnings
@@ -139,14 +144,14 @@ def plan_config(stack: str) -> tuple[dict[str, str], list[str]]:
 # --- mocks --------------------------------------------------------------------------------------
 
 
-def placeholder_host(node: str) -> int:
+def placeholder_host(node: str, control_planes: int) -> int:
     """A node's host number in a placeholder range, from its name alone (so every plan of a stack
-    gives the same addresses): control planes from 2, workers from 20."""
+    gives the same addresses): the control planes from .2 (.1 is GCE's gateway), then the workers."""
     role, _, index = node.rpartition("-")
     if index.isdigit() and role.endswith("-cp"):
         return 2 + int(index)
     if index.isdigit() and role.endswith("-worker"):
-        return 20 + int(index)
+        return 2 + control_planes + int(index)
     raise PlanError(f"the plan cannot place node {node} (names end in -cp-N or -worker-N)")
 
 
@@ -155,8 +160,9 @@ class PlanMocks(pulumi_mocks.Mocks):
     which get placeholders so node configs can be shown (external from 203.0.113.0/24, internal
     from the stack's subnet, numbered by node name)."""
 
-    def __init__(self, subnet_cidr: str) -> None:
-        self.subnet = ipaddress.ip_network(subnet_cidr)
+    def __init__(self, config: Mapping[str, str]) -> None:
+        # Read when a node is declared, so after the program has checked the settings.
+        self.config = config
         # Placeholder external address -> node name.
         self.node_by_address: dict[str, str] = {}
 
@@ -165,11 +171,12 @@ class PlanMocks(pulumi_mocks.Mocks):
         name = state.get("name", args.name)
         if args.typ == "gcp:compute/address:Address":
             node = name.removesuffix("-ip")
-            state["address"] = str(PLACEHOLDER_EXTERNAL_NET[placeholder_host(node)])
+            state["address"] = str(PLACEHOLDER_EXTERNAL_NET[placeholder_host(node, self.control_planes)])
             self.node_by_address[state["address"]] = node
         elif args.typ == "gcp:compute/instance:Instance":
             nics = [dict(nic) for nic in state.get("networkInterfaces", [])]
-            nics[0]["networkIp"] = str(self.subnet[placeholder_host(name)])
+            subnet = ipaddress.ip_network(self.config[f"{PROJECT}:subnetCidr"])
+            nics[0]["networkIp"] = str(subnet[placeholder_host(name, self.control_planes)])
             # The subnet's id is known only after deploy, which would hide the address in a preview.
             nics[0]["subnetwork"] = "placeholder-subnetwork"
             state["networkInterfaces"] = nics
@@ -181,6 +188,10 @@ class PlanMocks(pulumi_mocks.Mocks):
             state["privateKeyOpenssh"] = PLACEHOLDER_PRIVATE_KEY
             state["publicKeyOpenssh"] = "ssh-ed25519 AAAAplaceholder\n"
         return "", state
+
+    @property
+    def control_planes(self) -> int:
+        return int(self.config[f"{PROJECT}:controlPlaneCount"])
 
     def call(self, args: pulumi_mocks.MockCallArgs) -> tuple[dict, list[tuple[str, str]]]:
         if args.token == "gcp:compute/getImage:getImage":
@@ -210,7 +221,12 @@ class Graph:
             if r.parent:
                 self.children[r.parent].append(r.urn)
         custom = [r for r in self.program.registrations if r.custom]
-        self.waits_for = {r.urn: sorted(self._expand(r.dependencies) - {r.urn}) for r in custom}
+        # A resource also waits for its provider (a Kubernetes object for the cluster's provider,
+        # which waits for kubeadm init): the reference is "URN::ID".
+        self.waits_for = {
+            r.urn: sorted(self._expand([*r.dependencies, r.provider.rsplit("::", 1)[0]]) - {r.urn})
+            for r in custom
+        }
         self._ancestors: dict[str, frozenset[str]] = {}
         # The engine registers resources in whatever order their inputs resolve: the plan orders
         # them by dependency, ties by URN, so the same program always gives the same plan.
@@ -389,7 +405,9 @@ def draw_svg(dot_text: str, svg: Path) -> str | None:
     dot = shutil.which("dot")
     if dot is None:
         return "graph.svg not drawn: Graphviz's `dot` is missing (apt install graphviz, or brew install graphviz)"
-    subprocess.run([dot, "-Tsvg", "-o", str(svg)], input=dot_text, text=True, check=True)
+    drawn = subprocess.run([dot, "-Tsvg", "-o", str(svg)], input=dot_text, text=True, capture_output=True)
+    if drawn.returncode != 0:
+        return f"graph.svg not drawn: dot failed: {drawn.stderr.strip()}"
     return None
 
 
@@ -410,10 +428,17 @@ def script_of(stdin: Any) -> str | None:
 class NodeCommand:
     resource: str
     script: str | None
-    args: dict[str, str]
-    delete_args: dict[str, str] | None
+    # The step's arguments on create (or on delete), or the command itself when it is no step.
+    args: dict[str, str] | str
+    delete_args: dict[str, str] | str | None
     secret_stdin: bool
     files: dict[str, str]
+
+    @property
+    def step_args(self) -> dict[str, str]:
+        """The arguments the script runs with: on delete for a command that acts only then."""
+        chosen = self.delete_args if self.delete_args is not None else self.args
+        return chosen if isinstance(chosen, dict) else {}
 
 
 def node_commands(graph: Graph, node_by_address: Mapping[str, str]) -> dict[str, list[NodeCommand]]:
@@ -428,13 +453,13 @@ def node_commands(graph: Graph, node_by_address: Mapping[str, str]) -> dict[str,
         script = None if secret_stdin else script_of(stdin)
         args = _args(raw.get("create"))
         delete = _args(raw.get("delete")) if "delete" in raw else None
-        files = {}
+        command = NodeCommand(r.name, script, args, delete, secret_stdin, {})
         if script is not None:
-            for name, value in (delete or args).items():
+            for name, value in command.step_args.items():
                 spec = NODE_FILES.get((script, name))
                 if spec is not None:
-                    files[spec.path.format_map(args)] = _decode(value, spec.decode)
-        by_node[node].append(NodeCommand(r.name, script, args, delete, secret_stdin, files))
+                    command.files[spec.path.format_map(command.step_args)] = _decode(value, spec.decode)
+        by_node[node].append(command)
     return by_node
 
 
@@ -447,12 +472,13 @@ def _connection_host(connection: Any) -> str:
     return host if isinstance(host, str) and host != UNKNOWN else UNKNOWN_SHOWN
 
 
-def _args(command_line: Any) -> dict[str, str]:
+def _args(command_line: Any) -> dict[str, str] | str:
+    """A step's --name value arguments; a command that is not a step, as it is."""
     shown_line = shown(command_line)
     if not isinstance(shown_line, str) or shown_line in (SECRET_SHOWN, UNKNOWN_SHOWN):
-        return {"(command line)": str(shown_line)}
+        return str(shown_line)
     if " -- " not in f" {shown_line} ":
-        return {"(command)": shown_line}
+        return shown_line
     return {name.removeprefix("--"): value for name, value in command_args(shown_line).items()}
 
 
@@ -469,9 +495,15 @@ def node_markdown(node: str, commands: list[NodeCommand]) -> str:
         lines += [f"## `{command.resource}`: {script}", ""]
         if command.secret_stdin:
             lines += [f"Its script and arguments travel on stdin as a secret: {SECRET_SHOWN}.", ""]
+        if isinstance(command.args, str):
+            lines.append(f"Runs `{command.args}`.")
         if command.delete_args is not None:
-            lines += ["On create it does nothing; on delete it runs with:", ""]
-        for name, value in (command.delete_args or command.args).items():
+            lines += [
+                "",
+                "On delete it runs" + (" with:" if command.step_args else f" `{command.delete_args}`."),
+                "",
+            ]
+        for name, value in command.step_args.items():
             text = value if len(value) <= 120 else f"({len(value)} characters; see the file below)"
             lines.append(f"- `--{name}` {text}")
         for path in command.files:
@@ -511,6 +543,10 @@ def plan_releases(
     for release in sorted(charts.releases(program), key=lambda r: r.release_name):
         source = charts.locate_chart(release, charts_dir, offline, helm)
         text, objects, error = None, None, None
+        if source.archive is not None and helm is None:
+            source = dataclasses.replace(
+                source, note=f"{source.note}; not rendered: no helm (run scripts/setup.sh)"
+            )
         if source.archive is not None and helm is not None:
             try:
                 text = charts.render_text(release, source.archive, kube_version, helm)
@@ -545,7 +581,7 @@ class Plan:
 
     def summary(self) -> str:
         resources = self.graph.resources
-        lines = [f"Plan of stack {self.stack}: {len(resources)} resources, written to {self.out}"]
+        lines = [f"Plan of stack {self.stack}: {len(resources)} resources"]
         lines += [f"warning: {w}" for w in self.warnings]
         lines.append("")
         lines.append("Resources by type:")
@@ -575,14 +611,23 @@ class Plan:
         return "\n".join(lines) + "\n"
 
     def write(self) -> None:
-        if self.out.exists():
+        """Writes the plan into its folder: a new one, or one an earlier plan wrote (marked so);
+        any other folder is refused rather than emptied."""
+        marker = self.out / PLAN_MARKER
+        if self.out.exists() and any(self.out.iterdir()):
+            if not marker.is_file():
+                raise PlanError(
+                    f"{self.out} is not empty and holds no earlier plan ({PLAN_MARKER}); "
+                    "choose a new folder with --out"
+                )
             shutil.rmtree(self.out)
-        self.out.mkdir(parents=True)
+        self.out.mkdir(parents=True, exist_ok=True)
+        marker.write_text("written by scripts/plan.py; the next plan into this folder replaces it\n")
         (self.out / "resources.md").write_text(resources_markdown(self.graph, self.stack))
         dot_text = graph_dot(self.graph, self.stack)
         (self.out / "graph.dot").write_text(dot_text)
         note = draw_svg(dot_text, self.out / "graph.svg")
-        if note:
+        if note and note not in self.notes:
             self.notes.append(note)
         for node, commands in self.nodes.items():
             folder = self.out / "nodes" / node
@@ -614,7 +659,7 @@ def make_plan(stack: str, out: Path, charts_dir: Path | None = None, offline: bo
     from components.settings import load_settings
 
     config, warnings = plan_config(stack)
-    mocks = PlanMocks(config[f"{PROJECT}:subnetCidr"])
+    mocks = PlanMocks(config)
     program = run_program(stack, True, config, RecordingMonitor(mocks))
     settings = load_settings()
     graph = Graph(program)

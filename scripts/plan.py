@@ -46,8 +46,13 @@ def main(argv: list[str] | None = None) -> int:
     except PlanError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    plan.write()
+    try:
+        plan.write()
+    except PlanError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     print(plan.summary(), end="")
+    print(f"Written to {out}")
     return 1 if plan.failed else 0
 
 

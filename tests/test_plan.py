@@ -16,11 +16,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from harness import PROJECT, ROOT, STACKS, require_charts, require_tool, run_program
+from harness import PROJECT, ROOT, STACKS, cached_run, require_charts, require_tool, run_program, stack_config
 from test_charts import require_helm
 
 from components.settings import SettingsError
 from offline import engine, plan
+from offline.charts import releases as charts_of
 
 # RFC 5737 documentation ranges: what the plan's placeholders must come from.
 DOCUMENTATION_NETS = [ipaddress.ip_network(n) for n in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24")]
@@ -166,7 +167,8 @@ def test_the_command_plans_dev_offline_and_prints_a_summary(tmp_path):
     assert "kata-mesh-dev-cp-0: control-plane, n2-standard-4 in us-central1-a, Spot" in summary
     assert "Kubernetes 1.36.4" in summary and "Kata 3.32.0" in summary
     assert re.search(r"Critical path: \d+ steps, network-vpc \.\.\. proof-verdict", summary)
-    assert (tmp_path / "dev" / "summary.txt").read_text() == summary
+    assert summary.endswith(f"Written to {tmp_path / 'dev'}\n")
+    assert (tmp_path / "dev" / "summary.txt").read_text() + f"Written to {tmp_path / 'dev'}\n" == summary
     # Without charts or a network, each release keeps its values and says why it is not rendered.
     for release in ("flannel", "istio-base", "istiod"):
         folder = tmp_path / "dev" / "helm" / release
@@ -213,7 +215,7 @@ def test_every_rendered_step_argument_lands_in_a_file_the_script_really_writes(s
         for command in commands:
             if command.script is None:
                 continue
-            for name in command.delete_args or command.args:
+            for name in command.step_args:
                 # The verdict's report is printed, not written.
                 if name.endswith("-b64") and command.script != "97-verdict.sh":
                     assert (command.script, name) in plan.NODE_FILES, (command.resource, name)
@@ -354,3 +356,124 @@ def test_the_readme_graph_picture_is_the_current_dev_plan():
     svg = html.unescape((ROOT / "docs" / "plan-dev.svg").read_text())
     for r in made("dev").graph.resources:
         assert f">{r.name}</text>" in svg, r.name
+
+
+def test_the_plan_never_empties_a_folder_it_did_not_write(tmp_path):
+    precious = tmp_path / "work" / "notes.txt"
+    precious.parent.mkdir()
+    precious.write_text("mine")
+    result = plan.make_plan("dev", tmp_path / "work", None, offline=True)
+    with pytest.raises(plan.PlanError, match="is not empty and holds no earlier plan"):
+        result.write()
+    assert precious.read_text() == "mine"
+    # A folder an earlier plan wrote is replaced whole.
+    result = plan.make_plan("dev", tmp_path / "plan", None, offline=True)
+    result.write()
+    (tmp_path / "plan" / "stale.txt").write_text("from an older plan")
+    result.write()
+    assert not (tmp_path / "plan" / "stale.txt").exists()
+    assert (tmp_path / "plan" / "resources.md").is_file()
+
+
+def test_kubernetes_objects_wait_for_the_cluster_through_their_provider():
+    graph = made("dev").graph
+    init = next(r for r in graph.resources if r.name == "cluster-init")
+    objects = [r for r in graph.resources if r.type.startswith("kubernetes:")]
+    assert objects
+    for r in objects:
+        assert init.urn in graph.ancestors(r.urn), r.name
+    # So the critical path runs through the pod network's release, after init.
+    names = [r.name for r in graph.critical_path()]
+    assert names.index("cluster-init") < names.index("cluster-flannel") < names.index("cluster-nodes-ready")
+
+
+def test_resources_md_says_what_each_resource_waits_for():
+    text = files_of("dev")["resources.md"]
+    row = next(
+        line for line in text.splitlines() if line.startswith("| `command:Command` | `cluster-init` |")
+    )
+    assert "`kata-mesh-dev-cp-0-provision-kubernetes`" in row
+    flannel = next(line for line in text.splitlines() if "| `cluster-flannel` |" in line)
+    assert "`cluster-k8s`" in flannel and "`cluster-kube-flannel`" in flannel
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        # What `pulumi config set sshAllowedCidrs 203.0.113.7/32` writes: a string, not a list.
+        ("sshAllowedCidrs", "203.0.113.7/32", "sshAllowedCidrs = 203.0.113.7/32: must be a list of strings"),
+        ("subnetCidr", "10.10.0.1/24", "did you mean 10.10.0.0/24?"),
+    ],
+)
+def test_settings_the_program_refuses_stop_the_plan_with_its_message_not_a_traceback(
+    tmp_path, monkeypatch, capsys, key, value, message
+):
+    base = yaml.safe_load((ROOT / "stacks" / "Pulumi.dev.yaml").read_text())["config"]
+    write_stack(
+        tmp_path, monkeypatch, "dev", {**base, f"{PROJECT}:{key}": value, "gcp:project": "kata-mesh-test"}
+    )
+    assert plan_command().main(["dev", "--offline", "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err
+    assert "Traceback" not in err
+
+
+def test_the_plan_renders_each_release_with_the_programs_values_at_the_stacks_version(monkeypatch, tmp_path):
+    seen = []
+    real = plan.charts.render_text
+
+    def recording(release, archive, kube_version, helm):
+        seen.append((release.release_name, release.values, kube_version))
+        return real(release, archive, kube_version, helm)
+
+    monkeypatch.setattr(plan.charts, "render_text", recording)
+    require_helm()
+    plan.make_plan("dev", tmp_path / "dev", require_charts(), offline=True)
+    declared = {r.release_name: r.values for r in charts_of(cached_run("dev"))}
+    assert {name: values for name, values, _ in seen} == declared
+    assert {version for _, _, version in seen} == {stack_config("dev")[f"{PROJECT}:kubernetesVersion"]}
+
+
+def test_offline_means_no_chart_is_pulled_and_online_tries_the_repository(monkeypatch, tmp_path):
+    pulls = []
+    monkeypatch.setattr(plan.charts, "_pull", lambda release, helm: pulls.append(release.chart))
+    monkeypatch.setattr(plan.charts, "find_helm", lambda: "/usr/bin/true")
+    plan.make_plan("dev", tmp_path / "a", None, offline=True)
+    assert pulls == []
+    plan.make_plan("dev", tmp_path / "b", None, offline=False)
+    assert sorted(pulls) == ["base", "flannel", "istiod"]
+
+
+def test_a_chart_found_without_helm_says_why_it_is_not_rendered(monkeypatch, tmp_path):
+    monkeypatch.setattr(plan.charts, "find_helm", lambda: None)
+    result = plan.make_plan("dev", tmp_path / "dev", require_charts(), offline=True)
+    result.write()
+    note = (tmp_path / "dev" / "helm" / "flannel" / "NOT-RENDERED.txt").read_text()
+    assert "not rendered: no helm (run scripts/setup.sh)" in note
+
+
+def test_a_release_helm_refuses_fails_the_plan_and_the_command(monkeypatch, tmp_path, capsys):
+    def refusing(release, archive, kube_version, helm):
+        raise plan.charts.RenderError(
+            f"helm template {release.release_name} failed: values don't meet the schema"
+        )
+
+    monkeypatch.setattr(plan.charts, "render_text", refusing)
+    monkeypatch.setattr(plan.charts, "find_helm", lambda: "/usr/bin/true")
+    out = tmp_path / "dev"
+    code = plan_command().main(["dev", "--charts", str(require_charts()), "--offline", "--out", str(out)])
+    assert code == 1
+    assert "flannel: FAILED" in capsys.readouterr().out
+    assert "values don't meet the schema" in (out / "helm" / "flannel" / "NOT-RENDERED.txt").read_text()
+
+
+def test_kubernetes_yaml_holds_every_declared_object_and_nothing_else():
+    documents = [d for d in yaml.safe_load_all(files_of("dev")["kubernetes.yaml"]) if d]
+    written = sorted((d["kind"], d["metadata"]["name"]) for d in documents)
+    program = cached_run("dev")
+    declared = sorted(
+        (r.inputs["kind"], r.inputs["metadata"]["name"])
+        for r in program.registrations
+        if r.custom and r.type.startswith("kubernetes:") and r.type != "kubernetes:helm.sh/v3:Release"
+    )
+    assert written == declared

@@ -86,7 +86,7 @@ def test_defaults_with_operator_cidrs_parse():
         ("n2standard4", "must look like"),
         ("c3-highcpu-192-metal", "bare-metal machine types are out of scope"),
         ("c3-custom-4-16384", "c3 has no custom machine types"),
-        ("n2-standard-4-lssd", "n2 has no -lssd machine types"),
+        ("n2-standard-4-lssd", "only c3-standard types come with -lssd"),
         ("c2-highmem-8", "c2 machine types look like c2-standard-8"),
         ("n2-superfast-4", "n2 machine types look like"),
     ],
@@ -201,9 +201,9 @@ def test_an_empty_min_cpu_platform_leaves_the_choice_to_gce_except_on_n1(machine
 
 def test_a_min_cpu_platform_spelled_differently_gets_gce_s_name_as_hint():
     message = problems(machineType="n1-standard-4", minCpuPlatform="intel skylake")["minCpuPlatform"]
-    assert "did you mean Intel Skylake?" in message
+    assert "did you mean Intel Skylake (GCE's spelling)?" in message
     message = problems(machineType="n2-standard-4", minCpuPlatform="Intel IceLake")["minCpuPlatform"]
-    assert "did you mean Intel Ice Lake?" in message
+    assert "did you mean Intel Ice Lake (GCE's spelling)?" in message
 
 
 def test_pulumi_yaml_min_cpu_platform_description_lists_what_the_settings_accept_per_series():
@@ -289,7 +289,7 @@ def test_stack_name_must_fit_gce_names():
 
 def test_a_bad_private_key_is_reported_without_echoing_it():
     found = problems(sshPrivateKey="hunter2-not-a-key")
-    assert "<secret>" in found["sshPrivateKey"]
+    assert "[secret]" in found["sshPrivateKey"]
     assert "hunter2" not in found["sshPrivateKey"]
     assert parse_settings(raw(sshPrivateKey=GOOD_KEY), "dev").ssh_private_key == GOOD_KEY
     assert "b3BlbnNzaC" not in repr(parse_settings(raw(sshPrivateKey=GOOD_KEY), "dev"))
@@ -531,3 +531,34 @@ def test_the_error_header_tells_how_to_set_list_settings_only_when_one_is_wrong(
     header = error_message(workerCount="-1").splitlines()[0]
     assert "fix with `pulumi config set <key> <value>`" in header
     assert "--path" not in header
+
+
+@pytest.mark.parametrize(
+    ("subnet", "workers", "message"),
+    [
+        # GCE: primary ranges are /29 or larger; four addresses of each are reserved.
+        ("10.10.0.0/30", 1, "GCE subnets are /29 or larger"),
+        ("10.10.0.0/29", 4, "has 4 usable addresses (GCE reserves 4), fewer than the 5 nodes"),
+    ],
+)
+def test_the_node_subnet_must_be_a_gce_subnet_with_room_for_every_node(subnet, workers, message):
+    assert message in problems(subnetCidr=subnet, workerCount=str(workers))["subnetCidr"]
+
+
+def test_a_node_subnet_with_just_enough_room_is_accepted():
+    assert "subnetCidr" not in problems(
+        subnetCidr="10.10.0.0/29", workerCount="3", machineType="e2-standard-4"
+    )
+
+
+def test_c3_highcpu_has_no_local_ssd_variant():
+    assert (
+        "only c3-standard types come with -lssd" in problems(machineType="c3-highcpu-4-lssd")["machineType"]
+    )
+
+
+def test_automatic_min_cpu_platform_means_no_minimum():
+    assert "minCpuPlatform" not in problems(
+        minCpuPlatform="Automatic", machineType="n2-standard-4", workerCount="x"
+    )
+    assert "minCpuPlatform" in problems(minCpuPlatform="Automatic", machineType="n1-standard-4")
