@@ -59,3 +59,11 @@ venv/bin/shellcheck --severity=style "${shell_scripts[@]}"
 
 echo "== pytest"
 venv/bin/python -m pytest "$@"
+
+# The node steps in a real Debian VM under QEMU (minutes): its image is built once, as root, into
+# .cache/test-vm (tests/vm/build.sh; rebuilt only when that script changes).
+echo "== pytest -m vm"
+if ((EUID == 0)); then
+  bash tests/vm/build.sh
+fi
+venv/bin/python -m pytest -m vm
