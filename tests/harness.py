@@ -10,12 +10,13 @@ import os
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pulumi
 import pytest
 from pulumi.runtime import mocks as pulumi_mocks
 
+from offline.charts import find_helm
 from offline.engine import (
     PROJECT,
     PROJECT_FILE,
@@ -90,14 +91,26 @@ SAMPLES = ROOT / "tests" / "samples" / "verification"
 CHARTS_DIR = Path(os.environ.get("KATA_MESH_CHARTS", ROOT.parent / "shared" / "charts"))
 
 
+def unavailable(reason: str) -> NoReturn:
+    """What a test needs is not here: CI must have it (the test fails), elsewhere it is skipped."""
+    if os.environ.get("CI"):
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
 def require_charts() -> Path:
-    """The folder of upstream chart archives; CI must have it, elsewhere its tests are skipped."""
+    """The folder of upstream chart archives."""
     if not CHARTS_DIR.is_dir():
-        reason = f"no upstream charts at {CHARTS_DIR} (a clone outside this setup; set KATA_MESH_CHARTS)"
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
+        unavailable(f"no upstream charts at {CHARTS_DIR} (a clone outside this setup; set KATA_MESH_CHARTS)")
     return CHARTS_DIR
+
+
+def require_helm() -> str:
+    """The helm scripts/setup.sh fetches (or one on PATH)."""
+    helm = find_helm()
+    if helm is None:
+        unavailable("no helm: scripts/setup.sh fetches it (needs npm)")
+    return helm
 
 
 KATA_GUEST_KERNEL = "6.12.47"
@@ -242,10 +255,8 @@ def cached_run(stack: str, preview: bool = False) -> ProgramRun:
 
 
 def require_tool(name: str, provided_by: str = "scripts/test.sh installs it when run as root") -> str:
-    """The tool's path; CI must have it, elsewhere its tests are skipped."""
+    """The tool's path."""
     path = shutil.which(name)
     if path is None:
-        if os.environ.get("CI"):
-            pytest.fail(f"{name} is missing; {provided_by}")
-        pytest.skip(f"{name} is missing ({provided_by})")
+        unavailable(f"{name} is missing ({provided_by})")
     return path

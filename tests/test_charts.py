@@ -6,28 +6,17 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
 import pytest
-from harness import PROJECT, STACKS, cached_run, require_charts, run_program, stack_config
+from harness import PROJECT, STACKS, cached_run, require_charts, require_helm, run_program, stack_config
 
 from offline import charts
 
 # Istio's charts whose values were flattened (1.24): defaults under _internal_defaults_do_not_set.
 ISTIO_FLAT_VALUES_CHARTS = ("istiod", "base", "gateway")
-
-
-def require_helm() -> str:
-    helm = charts.find_helm()
-    if helm is None:
-        reason = "no helm: scripts/setup.sh fetches it (needs npm)"
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
-    return helm
 
 
 def kubernetes_version(stack: str) -> str:

@@ -17,20 +17,13 @@ from pathlib import Path
 
 import pytest
 from harness import ROOT, require_tool
+from seed import SEED_LINKS
 
 from components import versions
 from components.node_config import KATA_DROPIN_NAME, render_kata_dropin
 from components.node_provisioning import SCRIPTS_DIR, NodeStep, ProvisioningSpec, node_steps
 
 SHELL_SCRIPTS = sorted([*SCRIPTS_DIR.glob("*.sh"), *ROOT.glob("scripts/*.sh"), ROOT / ".ci" / "run"])
-# The seed's five links (REFERENCE section 1).
-SEED_LINKS = (
-    "kata-runtime",
-    "containerd-shim-kata-v2",
-    "kata-monitor",
-    "kata-collect-data.sh",
-    "qemu-system-x86_64",
-)
 CAPABLE = "System is capable of running Kata Containers"
 CAN_CREATE = "System can currently create Kata Containers"
 

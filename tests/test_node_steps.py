@@ -19,18 +19,12 @@ from pathlib import Path
 
 import pytest
 from node_sandbox import Sandbox, require_sandbox
-from test_node_scripts import SEED_LINKS, Server, fake_kata_release
+from seed import SEED_LINKS, SEED_MODULES, SEED_SYSCTLS
+from test_node_scripts import Server, fake_kata_release
 
 from components import versions
 from components.node_provisioning import NodeStep, ProvisioningSpec, node_steps
 
-# REFERENCE 4 and 6: what kubeadm, Flannel and Kata need from the kernel.
-SEED_MODULES = ["overlay", "br_netfilter", "kvm_intel", "vhost", "vhost_net", "vhost_vsock"]
-SEED_SYSCTLS = {
-    "net.ipv4.ip_forward": "1",
-    "net.bridge.bridge-nf-call-iptables": "1",
-    "net.bridge.bridge-nf-call-ip6tables": "1",
-}
 KUBERNETES_PACKAGES = ["kubelet", "kubeadm", "kubectl"]
 
 

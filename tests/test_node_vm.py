@@ -25,9 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from seed import SEED_LINKS, SEED_MODULES, SEED_SYSCTLS
 from test_node_config import assert_both_runtimes
-from test_node_scripts import CAN_CREATE, CAPABLE, SEED_LINKS, Server, fake_kata_release
-from test_node_steps import SEED_MODULES, SEED_SYSCTLS
+from test_node_scripts import CAN_CREATE, CAPABLE, Server, fake_kata_release
 from vm import CONTAINERD2_BIN, DEBS, HOST_FROM_GUEST, VM, require_vm
 
 from components import node_config, versions

@@ -16,8 +16,18 @@ from pathlib import Path
 
 import pytest
 import yaml
-from harness import PROJECT, ROOT, STACKS, cached_run, require_charts, require_tool, run_program, stack_config
-from test_charts import require_helm
+from harness import (
+    PROJECT,
+    ROOT,
+    STACKS,
+    cached_run,
+    require_charts,
+    require_helm,
+    require_tool,
+    run_program,
+    stack_config,
+)
+from seed import SEED_MODULES
 
 from components.settings import SettingsError
 from offline import engine, plan
@@ -235,14 +245,7 @@ def test_the_node_files_are_the_seeds_configs_with_placeholder_addresses():
     assert runtimes["runtimes"]["runc"]["options"]["SystemdCgroup"] is True
     assert runtimes["runtimes"]["kata"]["runtime_type"] == SEED_KATA_RUNTIME_TYPE
     assert "ExecStart=/usr/local/bin/containerd" in files[f"{cp}/etc/systemd/system/containerd.service"]
-    assert files[f"{cp}/etc/modules-load.d/kata-mesh.conf"].split() == [
-        "overlay",
-        "br_netfilter",
-        "kvm_intel",
-        "vhost",
-        "vhost_net",
-        "vhost_vsock",
-    ]
+    assert files[f"{cp}/etc/modules-load.d/kata-mesh.conf"].split() == SEED_MODULES
     assert "opt/kata/share/defaults/kata-containers/config.d/50-kata-mesh-nested.toml" in "\n".join(files)
     documents = {d["kind"]: d for d in yaml.safe_load_all(files[f"{cp}/etc/kubernetes/kubeadm-init.yaml"])}
     cluster = documents["ClusterConfiguration"]

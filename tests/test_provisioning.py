@@ -16,6 +16,7 @@ from harness import (
     run_program,
     stack_config,
 )
+from seed import SEED_LINKS, SEED_MODULES
 
 from components import versions
 from components.node_provisioning import SCRIPTS_DIR, NodeStep, ProvisioningSpec, node_steps
@@ -108,14 +109,7 @@ def test_step_arguments_carry_the_pins_and_the_seeds_links():
     assert steps["kata"]["kata-url"] == (
         "https://github.com/kata-containers/kata-containers/releases/download/3.32.0/kata-static-3.32.0-amd64.tar.zst"
     )
-    # The seed's five links (REFERENCE section 1).
-    assert steps["kata"]["links"].split() == [
-        "kata-runtime",
-        "containerd-shim-kata-v2",
-        "kata-monitor",
-        "kata-collect-data.sh",
-        "qemu-system-x86_64",
-    ]
+    assert steps["kata"]["links"].split() == list(SEED_LINKS)
     assert steps["kata"]["prefix"] == "/opt/kata"
     assert steps["containerd"]["containerd-sha256"] == (
         "9d68969855fbf676cdb8ed758e420fb048d61f984f61de3e53eddfebe484d168"
@@ -134,14 +128,7 @@ def test_step_arguments_carry_the_pins_and_the_seeds_links():
     cni_file = steps["containerd"]["cni-url"].rsplit("/", 1)[1]
     assert steps["kubernetes"]["cni-tarball"] == f"{steps['containerd']['cache-dir']}/{cni_file}"
     assert steps["kubernetes"]["cni-sha256"] == steps["containerd"]["cni-sha256"]
-    assert steps["prerequisites"]["modules"].split() == [
-        "overlay",
-        "br_netfilter",
-        "kvm_intel",
-        "vhost",
-        "vhost_net",
-        "vhost_vsock",
-    ]
+    assert steps["prerequisites"]["modules"].split() == SEED_MODULES
 
 
 def test_a_mirror_serves_the_same_files_with_the_same_checksums():

@@ -16,9 +16,9 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
-import pytest
-from harness import ROOT
+from harness import ROOT, unavailable
 
 from components.node_provisioning import NodeStep
 
@@ -38,11 +38,8 @@ BOOT_TIMEOUT_SECONDS = 300
 COMMAND_TIMEOUT_SECONDS = 600
 
 
-def _unavailable(reason: str) -> None:
-    """CI must have the VM; elsewhere its tests are skipped, saying why."""
-    if os.environ.get("CI"):
-        pytest.fail(f"the test VM is unavailable: {reason}")
-    pytest.skip(f"the test VM is unavailable: {reason}")
+def _unavailable(reason: str) -> NoReturn:
+    unavailable(f"the test VM is unavailable: {reason}")
 
 
 def builder_key() -> str:
