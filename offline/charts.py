@@ -4,6 +4,7 @@ a real helm (`helm template`), exactly with the values the program passes."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import shutil
@@ -65,7 +66,14 @@ def find_helm() -> str | None:
 
 
 def chart_metadata(archive: Path) -> dict[str, Any]:
-    """Chart.yaml of a packaged chart (its one top-level folder)."""
+    """Chart.yaml of a packaged chart (its one top-level folder); read once per file version, since
+    finding it decompresses the whole archive."""
+    stat = archive.stat()
+    return _chart_metadata(str(archive), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.cache
+def _chart_metadata(archive: str, _mtime_ns: int, _size: int) -> dict[str, Any]:
     with tarfile.open(archive) as tar:
         member = next(
             m for m in tar.getmembers() if m.name.count("/") == 1 and m.name.endswith("/Chart.yaml")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import functools
 import ipaddress
 import itertools
 import json
@@ -21,7 +22,8 @@ from typing import Any
 import yaml
 from pulumi.runtime import mocks as pulumi_mocks
 
-from components.settings import PROJECT_ENV_VARS
+from components.node_provisioning import SCRIPTS_DIR, NodeStep
+from components.settings import project_from_environment
 from offline import charts
 from offline.engine import (
     PROJECT,
@@ -47,7 +49,6 @@ PLAN_MARKER = ".kata-mesh-plan"
 UNKNOWN_SHOWN = "(known after deploy)"
 COMMAND_TYPE = "command:remote:Command"
 STACK_TYPE = "pulumi:pulumi:Stack"
-SCRIPTS_DIR = Path(__file__).resolve().parents[1] / "scripts" / "node"
 # Documentation ranges (RFC 5737): clearly not real, and valid wherever an address must be.
 PLACEHOLDER_ADMIN_CIDR = "198.51.100.0/24"
 PLACEHOLDER_EXTERNAL_NET = ipaddress.ip_network("203.0.113.0/24")
@@ -129,7 +130,7 @@ def plan_config(stack: str) -> tuple[dict[str, str], list[str]]:
             continue
         config[key] = config_string(value)
     fix = "set it before `pulumi up` (README, Deploy one environment)"
-    if not config.get("gcp:project") and not any(os.environ.get(v) for v in PROJECT_ENV_VARS):
+    if not config.get("gcp:project") and project_from_environment(os.environ) is None:
         config["gcp:project"] = PLACEHOLDER_PROJECT
         warnings.append(f"gcp:project is not set; the plan uses {PLACEHOLDER_PROJECT}: {fix}")
     for key in (f"{PROJECT}:sshAllowedCidrs", f"{PROJECT}:apiAllowedCidrs"):
@@ -414,14 +415,16 @@ def draw_svg(dot_text: str, svg: Path) -> str | None:
 # --- nodes --------------------------------------------------------------------------------------
 
 
+@functools.cache
+def _scripts_by_stdin() -> dict[str, str]:
+    """What the program sends on stdin for each node script (lib.sh and the script), read once."""
+    names = sorted(p.name for p in SCRIPTS_DIR.glob("*.sh") if p.name != "lib.sh")
+    return {NodeStep(name, name, ()).script_text: name for name in names}
+
+
 def script_of(stdin: Any) -> str | None:
     """Which node script a command sends on stdin (None when stdin is secret or not a script)."""
-    if not isinstance(stdin, str):
-        return None
-    for script in sorted(SCRIPTS_DIR.glob("*.sh")):
-        if script.name != "lib.sh" and stdin.endswith(script.read_text()):
-            return script.name
-    return None
+    return _scripts_by_stdin().get(stdin) if isinstance(stdin, str) else None
 
 
 @dataclass(frozen=True)
