@@ -12,6 +12,7 @@ from harness import PROJECT, ROOT, stack_config
 
 from components.settings import (
     PROJECT_KEYS,
+    PROJECT_NAME,
     Problem,
     SettingsError,
     load_settings,
@@ -562,3 +563,9 @@ def test_automatic_min_cpu_platform_means_no_minimum():
         minCpuPlatform="Automatic", machineType="n2-standard-4", workerCount="x"
     )
     assert "minCpuPlatform" in problems(minCpuPlatform="Automatic", machineType="n1-standard-4")
+
+
+def test_the_fix_commands_name_the_project_pulumi_yaml_declares():
+    """The settings messages spell `pulumi config set --path '<project>:key[0]'`: the namespace must
+    be the project's own name, or the command would set a key nobody reads."""
+    assert yaml.safe_load((ROOT / "Pulumi.yaml").read_text())["name"] == PROJECT_NAME
