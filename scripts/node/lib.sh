@@ -112,3 +112,16 @@ km_apt_ensure() {
   km_apt_update
   km_apt install -y --no-install-recommends "${missing[@]}"
 }
+
+# km_etcdctl ARGS...: etcdctl inside this control plane's own etcd container (nodes have no
+# etcdctl of their own, and the container's matches the etcd it talks to), as a client of the
+# local member with kubeadm's etcd certificates. Works while the API server is down.
+km_etcdctl() {
+  local container
+  container=$(crictl ps --name '^etcd$' --state Running -q | head -n 1)
+  [[ -n $container ]] || km_die "no running etcd container on this node (is it a control plane?)"
+  crictl exec "$container" etcdctl --endpoints=https://127.0.0.1:2379 \
+    --cacert=/etc/kubernetes/pki/etcd/ca.crt \
+    --cert=/etc/kubernetes/pki/etcd/healthcheck-client.crt \
+    --key=/etc/kubernetes/pki/etcd/healthcheck-client.key "$@"
+}
