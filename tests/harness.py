@@ -3,6 +3,7 @@ providers would (with recorded samples for the proof's steps), and one cached ru
 
 from __future__ import annotations
 
+import base64
 import functools
 import hashlib
 import json
@@ -197,6 +198,10 @@ class KataMeshMocks(pulumi_mocks.Mocks):
             state["email"] = f"{state['accountId']}@kata-mesh-test.iam.gserviceaccount.com"
         elif args.typ == "command:remote:Command":
             state["stdout"] = self.command_stdout(state, args.name)
+        elif args.typ == "random:index/randomBytes:RandomBytes":
+            digest = hashlib.sha256(f"{name}-mock-random".encode()).digest()[: int(state["length"])]
+            state["hex"] = digest.hex()
+            state["base64"] = base64.b64encode(digest).decode()
         elif args.typ == "tls:index/privateKey:PrivateKey":
             state["privateKeyOpenssh"] = (
                 "-----BEGIN OPENSSH PRIVATE KEY-----\nmock\n-----END OPENSSH PRIVATE KEY-----\n"
