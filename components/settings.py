@@ -25,6 +25,8 @@ PROJECT_KEYS = (
     "machineType",
     "minCpuPlatform",
     "controlPlaneCount",
+    "allowControlPlaneShrink",
+    "zones",
     "workerCount",
     "spot",
     "bootDiskSizeGb",
@@ -55,7 +57,7 @@ GCP_KEYS = ("gcp:project", "gcp:region", "gcp:zone")
 SECRET_KEYS = frozenset({"sshPrivateKey"})
 # Settings of type array: `pulumi config set key value` would store a plain string, so their
 # fixes use `pulumi config set --path 'kata-mesh:key[0]' value` (the CLI's set has no --json).
-LIST_KEYS = frozenset({"sshAllowedCidrs", "apiAllowedCidrs"})
+LIST_KEYS = frozenset({"sshAllowedCidrs", "apiAllowedCidrs", "zones"})
 # Where the pulumi-gcp provider also finds the project when gcp:project is unset, in its order of
 # precedence (Pulumi registry, "Google Cloud (GCP) Classic: Installation & Configuration").
 PROJECT_ENV_VARS = ("GOOGLE_PROJECT", "GOOGLE_CLOUD_PROJECT", "GCLOUD_PROJECT", "CLOUDSDK_CORE_PROJECT")
@@ -125,6 +127,10 @@ LINUX_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 VERSION = re.compile(r"^(\d+)\.(\d+)\.(\d+)$")
 ZONE = re.compile(r"^(?P<region>[a-z]+-[a-z]+\d+)-[a-z]$")
 REGION = re.compile(r"^[a-z]+-[a-z]+\d+$")
+# Stacked etcd: one member per control plane. It needs a majority of its members to commit, so n
+# members tolerate (n - 1) // 2 failures: an even count tolerates no more than the odd count below
+# it, and every member more slows writes. 5 tolerates two failures.
+CONTROL_PLANE_COUNTS = (1, 3, 5)
 MIRROR_URL = re.compile(r"^https?://[^\s?#]+$")
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 # Namespaces the app may not take, with their owner.
@@ -153,6 +159,11 @@ def show(value: object) -> str:
     if value == "":
         return '""'
     return str(value)
+
+
+def remove_command(key: str, index: int) -> str:
+    """The `pulumi config rm` command that removes element `index` of the list setting `key`."""
+    return f"`pulumi config rm --path '{PROJECT_NAME}:{key}[{index}]'`"
 
 
 def set_command(key: str, value: str, index: int = 0) -> str:
@@ -200,6 +211,10 @@ class Settings:
     machine_type: str
     min_cpu_platform: str | None
     control_plane_count: int
+    # Lets the step that removes a control plane take etcd from 3 or more members to fewer than 3.
+    allow_control_plane_shrink: bool
+    # The zones of region the nodes are spread over, in order; never empty (`(zone,)` by default).
+    zones: tuple[str, ...]
     worker_count: int
     spot: bool
     boot_disk_size_gb: int
@@ -302,14 +317,14 @@ class _Reader:
 
         return self._value(key, parse, "true or false", False)
 
-    def string_list(self, key: str) -> tuple[str, ...]:
+    def string_list(self, key: str, example: str = "203.0.113.7/32") -> tuple[str, ...]:
         def parse(text: str) -> tuple[str, ...]:
             value = json.loads(text)
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                 raise ValueError(text)
             return tuple(value)
 
-        return self._value(key, parse, 'a list of strings, e.g. ["203.0.113.7/32"]', ())
+        return self._value(key, parse, f'a list of strings, e.g. ["{example}"]', ())
 
 
 def project_from_environment(environ: Mapping[str, str]) -> str | None:
@@ -507,6 +522,80 @@ def _check_networks(r: _Reader, subnet: str, pods: str, services: str, nodes: in
                 )
 
 
+def _check_control_plane_count(r: _Reader, count: int) -> None:
+    """1, 3 or 5: each control plane is an etcd member, and etcd commits on a majority."""
+    key = "controlPlaneCount"
+    if count in CONTROL_PLANE_COUNTS:
+        return
+    if count < 1:
+        r.problem(
+            key,
+            count,
+            "at least 1 control-plane node is needed (it runs the API server and etcd); use 1, 3 or 5, "
+            f"e.g. {set_command(key, '1')}",
+        )
+    elif count > (most := max(CONTROL_PLANE_COUNTS)):
+        r.problem(
+            key,
+            count,
+            "etcd writes get slower with every member (each write waits for a majority of them), and "
+            f"{most} members already tolerate {_failures(most)}; use {most}: {set_command(key, str(most))}",
+        )
+    else:
+        below, above = count - 1, count + 1
+        r.problem(
+            key,
+            count,
+            "etcd needs a majority of its members to agree, so an even count tolerates no more member "
+            f"failures than the odd count below it ({count} tolerate {_failures(count)}, like {below}); "
+            f"use 1, 3 or 5: {below} for the same tolerance with one VM fewer "
+            f"({set_command(key, str(below))}) or {above} to tolerate {_failures(above)} "
+            f"({set_command(key, str(above))})",
+        )
+
+
+def _failures(members: int) -> str:
+    """How many member failures etcd with this many members survives (it needs a majority)."""
+    tolerated = (members - 1) // 2
+    return f"{tolerated} failure" + ("" if tolerated == 1 else "s")
+
+
+def _check_zones(r: _Reader, zones: tuple[str, ...], region: str) -> None:
+    """Each element a zone of gcp:region, listed once; every bad element is reported."""
+    key = "zones"
+    example = f"{region}-a" if REGION.match(region) else "us-central1-a"
+    for index, name in enumerate(zones):
+        where = f"element {index} ({name})"
+        replace_it = f"replace it: {set_command(key, '<zone>', index)}"
+        match = ZONE.match(name)
+        if not match:
+            reason = f"{where} is not a zone name such as {example}"
+            position = r.problem(key, zones, f"{reason}; {replace_it}", index)
+            if REGION.match(region) and re.fullmatch(r"[a-z]", name):
+                # Just the zone's letter: offer it in gcp:region.
+                candidate = f"{region}-{name}"
+                r.suggest(
+                    position,
+                    candidate,
+                    f"{reason}; did you mean {candidate}? {set_command(key, candidate, index)}",
+                )
+        elif match["region"] != region:
+            r.problem(
+                key,
+                zones,
+                f"{where} lies in region {match['region']}, not in gcp:region {region}; {replace_it}",
+                index,
+            )
+        elif name in zones[:index]:
+            r.problem(
+                key,
+                zones,
+                f"{where} repeats element {zones.index(name)}; list each zone once: remove it with "
+                f"{remove_command(key, index)}",
+                index,
+            )
+
+
 def _check_versions(r: _Reader, kubernetes_version: str, kata_version: str) -> None:
     k8s = _version(r, "kubernetesVersion", kubernetes_version)
     if k8s and (k8s[0] != 1 or k8s[1] not in versions.KUBERNETES_MINORS):
@@ -643,6 +732,8 @@ def _read(raw: Mapping[str, str | None], stack: str) -> tuple[_Reader, Settings 
     if min_cpu_platform is not None and min_cpu_platform.lower() == "automatic":
         min_cpu_platform = None
     control_plane_count = r.integer("controlPlaneCount")
+    allow_control_plane_shrink = r.boolean("allowControlPlaneShrink")
+    zones = r.string_list("zones", example="us-central1-a")
     worker_count = r.integer("workerCount")
     spot = r.boolean("spot")
     boot_disk_size_gb = r.integer("bootDiskSizeGb")
@@ -684,21 +775,19 @@ def _read(raw: Mapping[str, str | None], stack: str) -> tuple[_Reader, Settings 
         r.problem("gcp:zone", zone, "must be a zone, e.g. `pulumi config set gcp:zone us-central1-a`")
     elif zone_match["region"] != region:
         r.problem("gcp:zone", zone, f"lies in region {zone_match['region']}, not in gcp:region {region}")
+    _check_zones(r, zones, region)
 
     series = _check_machine_type(r, machine_type)
     _check_min_cpu_platform(r, series, min_cpu_platform)
-    if control_plane_count != 1:
-        r.problem(
-            "controlPlaneCount",
-            control_plane_count,
-            "only 1 control-plane node is supported for now (no HA control plane yet); set 1",
-        )
+    _check_control_plane_count(r, control_plane_count)
     if worker_count < 0:
         r.problem("workerCount", worker_count, "must be 0 or more")
     elif worker_count > 99:
         r.problem("workerCount", worker_count, "at most 99 workers (node names end in -worker-NN)")
     _check_disk(r, series, boot_disk_type, boot_disk_size_gb)
-    _check_networks(r, subnet_cidr, pod_cidr, service_cidr, control_plane_count + max(worker_count, 0))
+    _check_networks(
+        r, subnet_cidr, pod_cidr, service_cidr, max(control_plane_count, 0) + max(worker_count, 0)
+    )
     _check_allowed_cidrs(r, "sshAllowedCidrs", ssh_allowed_cidrs, "SSH (22) on every node")
     _check_allowed_cidrs(r, "apiAllowedCidrs", api_allowed_cidrs, "the Kubernetes API (6443)")
     if not LINUX_USER.match(admin_user) or admin_user == "root":
@@ -730,6 +819,8 @@ def _read(raw: Mapping[str, str | None], stack: str) -> tuple[_Reader, Settings 
         machine_type=machine_type,
         min_cpu_platform=min_cpu_platform,
         control_plane_count=control_plane_count,
+        allow_control_plane_shrink=allow_control_plane_shrink,
+        zones=zones or (zone,),
         worker_count=worker_count,
         spot=spot,
         boot_disk_size_gb=boot_disk_size_gb,

@@ -25,10 +25,14 @@ GOOD_KEY = (
 )
 
 
+def stack_raw(stack: str) -> dict[str, str | None]:
+    """A stack's config as the program receives it, without the project prefix."""
+    return {k.removeprefix(f"{PROJECT}:"): v for k, v in stack_config(stack).items()}
+
+
 def raw(**overrides: object) -> dict[str, str | None]:
     """The dev stack's config as the program receives it, without the project prefix."""
-    config = stack_config("dev")
-    values: dict[str, str | None] = {k.removeprefix(f"{PROJECT}:"): v for k, v in config.items()}
+    values = stack_raw("dev")
     for key, value in overrides.items():
         values[key.replace("__", ":")] = value  # type: ignore[assignment]
     return values
@@ -224,13 +228,181 @@ def test_pulumi_yaml_min_cpu_platform_description_lists_what_the_settings_accept
 
 
 def test_counts():
-    assert "only 1 control-plane node" in problems(controlPlaneCount="3")["controlPlaneCount"]
+    assert "etcd needs a majority" in problems(controlPlaneCount="2")["controlPlaneCount"]
     assert "must be 0 or more" in problems(workerCount="-1")["workerCount"]
     assert "must be an integer" in problems(workerCount="two")["workerCount"]
     with pytest.raises(SettingsError) as caught:
         parse_settings(raw(controlPlaneCount="one"), "dev")
     assert [str(p) for p in caught.value.problems] == ["controlPlaneCount = one: must be an integer"]
     assert parse_settings(raw(workerCount="0"), "dev").worker_count == 0
+
+
+# etcd commits on a majority of its members, so n members survive (n - 1) // 2 failures.
+@pytest.mark.parametrize(
+    ("count", "reason"),
+    [
+        ("0", "at least 1 control-plane node is needed"),
+        ("-3", "at least 1 control-plane node is needed"),
+        (
+            "2",
+            "an even count tolerates no more member failures than the odd count below it (2 tolerate 0 failures, like 1)",
+        ),
+        (
+            "4",
+            "an even count tolerates no more member failures than the odd count below it (4 tolerate 1 failure, like 3)",
+        ),
+        ("6", "etcd writes get slower with every member"),
+        ("7", "etcd writes get slower with every member"),
+        ("99", "etcd writes get slower with every member"),
+    ],
+)
+def test_refused_control_plane_counts_each_get_their_reason(count, reason):
+    message = problems(controlPlaneCount=count)["controlPlaneCount"]
+    assert message.startswith(f"controlPlaneCount = {count}: ")
+    assert reason in message
+
+
+@pytest.mark.parametrize(
+    ("count", "fixes"),
+    [
+        ("0", ["use 1, 3 or 5", "`pulumi config set controlPlaneCount 1`"]),
+        (
+            "2",
+            [
+                "use 1, 3 or 5",
+                "1 for the same tolerance with one VM fewer (`pulumi config set controlPlaneCount 1`)",
+                "3 to tolerate 1 failure (`pulumi config set controlPlaneCount 3`)",
+            ],
+        ),
+        (
+            "4",
+            [
+                "3 for the same tolerance with one VM fewer (`pulumi config set controlPlaneCount 3`)",
+                "5 to tolerate 2 failures (`pulumi config set controlPlaneCount 5`)",
+            ],
+        ),
+        ("6", ["5 members already tolerate 2 failures", "use 5: `pulumi config set controlPlaneCount 5`"]),
+    ],
+)
+def test_refused_control_plane_counts_say_which_count_to_set(count, fixes):
+    message = problems(controlPlaneCount=count)["controlPlaneCount"]
+    for fix in fixes:
+        assert fix in message
+
+
+@pytest.mark.parametrize("count", [1, 3, 5])
+def test_one_three_or_five_control_planes_are_accepted(count):
+    assert parse_settings(raw(controlPlaneCount=str(count)), "dev").control_plane_count == count
+
+
+def test_control_planes_count_towards_the_nodes_the_subnet_must_hold():
+    # A /29 holds 8 - 4 reserved = 4 nodes: 3 control planes and 1 worker fit, 5 and 1 do not.
+    assert "subnetCidr" not in problems(
+        subnetCidr="10.10.0.0/29", controlPlaneCount="3", workerCount="1", machineType="e2-standard-4"
+    )
+    message = problems(subnetCidr="10.10.0.0/29", controlPlaneCount="5", workerCount="1")["subnetCidr"]
+    assert "fewer than the 6 nodes" in message
+
+
+def test_zones_default_to_gcp_zone_alone():
+    settings = parse_settings(raw(gcp__zone="us-central1-f"), "dev")
+    assert settings.zones == ("us-central1-f",)
+    assert settings.zone == "us-central1-f"
+    assert parse_settings(raw(gcp__zone="us-central1-f", zones="[]"), "dev").zones == ("us-central1-f",)
+
+
+def test_zones_are_kept_in_the_order_listed():
+    settings = parse_settings(
+        raw(gcp__zone="us-central1-a", zones='["us-central1-c", "us-central1-a", "us-central1-f"]'), "dev"
+    )
+    assert settings.zones == ("us-central1-c", "us-central1-a", "us-central1-f")
+    assert settings.zone == "us-central1-a"
+
+
+def test_a_zone_outside_the_region_is_refused_naming_its_region_and_element():
+    found = problem_list(zones='["us-central1-a", "europe-west4-b"]')
+    assert [(p.key, p.index) for p in found] == [("zones", 1)]
+    assert str(found[0]) == (
+        'zones = ["us-central1-a", "europe-west4-b"]: element 1 (europe-west4-b) lies in region '
+        "europe-west4, not in gcp:region us-central1; replace it: "
+        "`pulumi config set --path 'kata-mesh:zones[1]' <zone>`"
+    )
+
+
+@pytest.mark.parametrize(
+    "zone", ["us-central1", "US-CENTRAL1-A", "uscentral1-a", "us-central1-ab", "us-central1-", ""]
+)
+def test_a_malformed_zone_is_refused(zone):
+    found = problem_list(zones=f'["us-central1-b", "{zone}"]')
+    assert [(p.key, p.index) for p in found] == [("zones", 1)]
+    assert f"element 1 ({zone}) is not a zone name such as us-central1-a" in found[0].fix
+    assert "`pulumi config set --path 'kata-mesh:zones[1]' <zone>`" in found[0].fix
+
+
+def test_a_zone_given_as_its_letter_alone_gets_the_zone_of_the_region_as_hint():
+    message = problems(zones='["us-central1-a", "c"]')["zones"]
+    assert "element 1 (c) is not a zone name" in message
+    assert (
+        "did you mean us-central1-c? `pulumi config set --path 'kata-mesh:zones[1]' us-central1-c`" in message
+    )
+    # The hint is offered only when it passes every rule: us-central1-a is already listed.
+    assert "did you mean" not in problems(zones='["us-central1-a", "a"]')["zones"]
+
+
+def test_a_repeated_zone_is_refused_naming_its_first_listing():
+    found = problem_list(zones='["us-central1-a", "us-central1-b", "us-central1-a", "us-central1-a"]')
+    assert [(p.key, p.index) for p in found] == [("zones", 2), ("zones", 3)]
+    assert "element 2 (us-central1-a) repeats element 0" in found[0].fix
+    assert "`pulumi config rm --path 'kata-mesh:zones[2]'`" in found[0].fix
+    assert "element 3 (us-central1-a) repeats element 0" in found[1].fix
+
+
+def test_zones_given_as_a_plain_string_are_told_the_path_form():
+    message = problems(zones="us-central1-b")["zones"]
+    assert message.startswith('zones = us-central1-b: must be a list of strings, e.g. ["us-central1-a"]')
+    assert "`pulumi config set --path 'kata-mesh:zones[0]' us-central1-b`" in message
+
+
+def test_every_zone_problem_and_the_count_are_reported_in_one_error():
+    with pytest.raises(SettingsError) as caught:
+        parse_settings(
+            raw(
+                controlPlaneCount="4",
+                zones='["europe-west4-a", "us-central1-b", "central", "us-central1-b", "us-central1-c"]',
+            ),
+            "dev",
+        )
+    found = caught.value.problems
+    assert [(p.key, p.index) for p in found if p.key == "zones"] == [("zones", 0), ("zones", 2), ("zones", 3)]
+    assert {p.key for p in found} == {"zones", "controlPlaneCount"}
+    message = str(caught.value)
+    assert message.startswith("4 problem(s) in the stack settings")
+    assert "`pulumi config set --path 'kata-mesh:<key>[<index>]' <value>`" in message.splitlines()[0]
+    assert "element 0 (europe-west4-a) lies in region europe-west4, not in gcp:region us-central1" in message
+    assert "element 2 (central) is not a zone name" in message
+    assert "element 3 (us-central1-b) repeats element 1" in message
+    assert "controlPlaneCount = 4: " in message
+
+
+def test_allow_control_plane_shrink_is_parsed_and_off_by_default():
+    assert parse_settings(raw(), "dev").allow_control_plane_shrink is False
+    assert parse_settings(raw(allowControlPlaneShrink="true"), "dev").allow_control_plane_shrink is True
+    assert parse_settings(raw(allowControlPlaneShrink="false"), "dev").allow_control_plane_shrink is False
+    message = problems(allowControlPlaneShrink="yes")["allowControlPlaneShrink"]
+    assert message == "allowControlPlaneShrink = yes: must be true or false"
+
+
+def test_prod_and_staging_spread_three_control_planes_over_three_zones_and_dev_stays_single():
+    prod = parse_settings(stack_raw("prod"), "prod")
+    assert prod.control_plane_count == 3
+    assert prod.zones == ("europe-west4-a", "europe-west4-b", "europe-west4-c")
+    # The first zone is gcp:zone, where a stack without zones puts every node.
+    assert prod.zones[0] == prod.zone
+    staging = parse_settings(stack_raw("staging"), "staging")
+    assert (staging.control_plane_count, staging.zones) == (3, prod.zones)
+    dev = parse_settings(raw(), "dev")
+    assert (dev.control_plane_count, dev.zones) == (1, (dev.zone,))
+    assert dev.allow_control_plane_shrink is prod.allow_control_plane_shrink is False
 
 
 def test_cidrs_must_parse_and_not_overlap():
