@@ -2,9 +2,11 @@
 
 import pulumi
 
+from components.api_endpoint import ApiEndpoint, ApiEndpointArgs
 from components.bookinfo import Bookinfo, BookinfoArgs
 from components.cluster import ClusterArgs, KubeadmCluster
 from components.mesh import IstioMesh, MeshArgs
+from components.network import API_PORT
 from components.network import Network, NetworkArgs
 from components.node_provisioning import NodeProvisioning, NodeProvisioningArgs, ProvisioningSpec, node_steps
 from components.nodes import ClusterNodes, ClusterNodesArgs, MachineSpec
@@ -34,7 +36,7 @@ nodes = ClusterNodes(
         name_prefix=settings.name_prefix,
         stack=settings.stack,
         machine=MachineSpec(
-            zone=settings.zone,
+            zones=settings.zones,
             region=settings.region,
             machine_type=settings.machine_type,
             min_cpu_platform=settings.min_cpu_platform,
@@ -43,6 +45,7 @@ nodes = ClusterNodes(
             boot_disk_type=settings.boot_disk_type,
             secure_boot=settings.secure_boot,
         ),
+        control_plane_count=settings.control_plane_count,
         worker_count=settings.worker_count,
         subnet=network.subnet.id,
         ssh_keys_metadata=ssh.ssh_keys_metadata,
@@ -70,10 +73,20 @@ provisioning = {
     )
     for vm in nodes.all
 }
+api = ApiEndpoint(
+    "api",
+    ApiEndpointArgs(
+        name_prefix=settings.name_prefix,
+        region=settings.region,
+        zones=settings.zones,
+        network=network.network.id,
+        node_external_ips=[vm.external_ip for vm in nodes.all],
+    ),
+)
 cluster = KubeadmCluster(
     "cluster",
     ClusterArgs(
-        control_plane=nodes.control_plane,
+        control_planes=nodes.control_planes,
         workers=nodes.workers,
         provisioned={name: p.last for name, p in provisioning.items()},
         admin_user=settings.admin_user,
@@ -81,6 +94,9 @@ cluster = KubeadmCluster(
         kubernetes_version=settings.kubernetes_version,
         pod_cidr=settings.pod_cidr,
         service_cidr=settings.service_cidr,
+        endpoint=api.address,
+        backend_groups=api.instance_groups,
+        allow_control_plane_shrink=settings.allow_control_plane_shrink,
     ),
 )
 
@@ -131,14 +147,22 @@ proof = Proof(
         app_resources=[app],
         app_fingerprint=app.fingerprint,
         run_id=settings.verification_run,
+        control_planes=nodes.control_planes,
+        api_endpoint=api.address.apply(lambda ip: f"{ip}:{API_PORT}"),
+        # A worker is not a load-balancer backend, so its request really goes through it.
+        probe_node=(nodes.workers or nodes.control_planes)[0],
     ),
 )
 
 key_file = f"~/.ssh/{settings.name_prefix}"
+pulumi.export("apiEndpoint", api.address.apply(lambda ip: f"https://{ip}:{API_PORT}"))
 pulumi.export("controlPlaneExternalIp", nodes.control_plane.external_ip)
 pulumi.export(
     "nodes",
-    {vm.node_name: {"internalIp": vm.internal_ip, "externalIp": vm.external_ip} for vm in nodes.all},
+    {
+        vm.node_name: {"zone": vm.zone, "internalIp": vm.internal_ip, "externalIp": vm.external_ip}
+        for vm in nodes.all
+    },
 )
 pulumi.export(
     "sshCommand",

@@ -7,7 +7,9 @@ from dataclasses import dataclass
 
 import pulumi
 import pulumi_command as command
+import pulumi_gcp as gcp
 import pulumi_kubernetes as k8s
+import pulumi_random as random
 
 from components import versions
 from components.kubeadm_config import (
@@ -22,8 +24,14 @@ from components.kubeadm_config import (
 from components.node_provisioning import NodeStep, b64, remote_step, ssh_connection
 from components.nodes import NodeVm
 
-# Each worker gets its own token, made when it joins; it need not outlive the join.
+# Each node gets its own token, made when it joins; it need not outlive the join.
 JOIN_TOKEN_TTL = "1h"
+CERTIFICATE_KEY_BYTES = 32
+# Concurrent SSH sessions to cp-0 from per-node steps: join tokens, and removal steps.
+TOKEN_LANES = 3
+REMOVAL_LANES = 3
+CONTROL_PLANE_POLICY_FILE = "/etc/kata-mesh/control-plane-policy"
+KATA_LABEL = "=".join(KATA_NODE_LABEL)
 NODE_REMOVAL_TIMEOUT_SECONDS = 120
 NODES_READY_TIMEOUT_SECONDS = 900
 ADMIN_CONF = "/etc/kubernetes/admin.conf"
@@ -31,7 +39,8 @@ ADMIN_CONF = "/etc/kubernetes/admin.conf"
 
 @dataclass(frozen=True)
 class ClusterArgs:
-    control_plane: NodeVm
+    # cp-0 first: `kubeadm init` runs there, and scaling never removes it.
+    control_planes: Sequence[NodeVm]
     workers: Sequence[NodeVm]
     # The last provisioning step of each node, by node name.
     provisioned: Mapping[str, pulumi.Resource]
@@ -40,6 +49,11 @@ class ClusterArgs:
     kubernetes_version: str
     pod_cidr: str
     service_cidr: str
+    # The load balancer's address: kubeadm's controlPlaneEndpoint.
+    endpoint: pulumi.Input[str]
+    # The load balancer's instance group in each zone; a control plane joins its zone's group.
+    backend_groups: Mapping[str, gcp.compute.InstanceGroup]
+    allow_control_plane_shrink: bool
 
 
 def node_registration(
@@ -51,8 +65,27 @@ def node_registration(
     return NodeRegistration(name=name, internal_ip=internal_ip, labels=labels, taints=taints)
 
 
+class SshLanes:
+    """At most `width` of the resources placed here run at once: each one waits for the one
+    `width` places before it. sshd's default MaxStartups (10:30:100) starts dropping connections
+    past 10 in the handshake at once, and 50 workers would each want one to the first control plane."""
+
+    def __init__(self, width: int) -> None:
+        self.width = width
+        self.placed: list[pulumi.Resource] = []
+
+    def after(self) -> list[pulumi.Resource]:
+        """What the next resource must wait for."""
+        return [self.placed[-self.width]] if len(self.placed) >= self.width else []
+
+    def place(self, resource: pulumi.Resource) -> pulumi.Resource:
+        self.placed.append(resource)
+        return resource
+
+
 class KubeadmCluster(pulumi.ComponentResource):
-    """kubeadm init on the control plane, Flannel, one join per worker, and the cluster's provider."""
+    """kubeadm init on the first control plane, the others joining it, Flannel, one join per
+    worker, each control plane behind the load balancer once it serves, and the cluster's provider."""
 
     kubeconfig: pulumi.Output[str]
     provider: k8s.Provider
@@ -60,25 +93,41 @@ class KubeadmCluster(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: ClusterArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("kata-mesh:cluster:KubeadmCluster", name, None, opts)
-        cp = args.control_plane
-        cp_connection = ssh_connection(cp.external_ip, args.admin_user, args.private_key)
-        control_plane_takes_workloads = not args.workers
+        cp = args.control_planes[0]
+        self.cp_connection = cp_connection = ssh_connection(cp.external_ip, args.admin_user, args.private_key)
+        # Workers' and further control planes' steps on cp-0, in two sets of lanes: tokens, made
+        # right after init, and removal steps, made after each join. Sharing lanes would make a
+        # token wait for an earlier node's join.
+        self.token_lanes = SshLanes(TOKEN_LANES)
+        self.removal_lanes = SshLanes(REMOVAL_LANES)
+        self.control_planes_take_workloads = not args.workers
+        # Encrypts the control-plane certificates kubeadm uploads for the other control planes.
+        self.certificate_key = random.RandomBytes(
+            f"{name}-certificate-key", length=CERTIFICATE_KEY_BYTES, opts=pulumi.ResourceOptions(parent=self)
+        )
+        certificate_key_arg = self.certificate_key.hex.apply(lambda key: (("certificate-key", key),))
 
-        kata_label = "=".join(KATA_NODE_LABEL)
-        init_args = pulumi.Output.all(cp.internal_ip, cp.external_ip).apply(
-            lambda ips: (
+        # cp-0 is a backend before init: `kubeadm init` itself talks to the endpoint, which the
+        # guest environment answers on cp-0 itself; nothing else can be behind it yet.
+        first_backend = self._backend(cp, args, [args.provisioned[cp.node_name]])
+        endpoint = pulumi.Output.from_input(args.endpoint)
+        init_args = pulumi.Output.all(cp.internal_ip, endpoint).apply(
+            lambda values: (
                 ("node-name", cp.node_name),
-                ("takes-workloads", "true" if control_plane_takes_workloads else "false"),
-                ("kata-label", kata_label),
+                ("takes-workloads", "true" if self.control_planes_take_workloads else "false"),
+                ("kata-label", KATA_LABEL),
                 (
                     "config-b64",
                     b64(
                         render_init_config(
                             InitSpec(
                                 node=node_registration(
-                                    cp.node_name, ips[0], control_plane_takes_workloads, control_plane=True
+                                    cp.node_name,
+                                    values[0],
+                                    self.control_planes_take_workloads,
+                                    control_plane=True,
                                 ),
-                                external_ip=ips[1],
+                                endpoint=values[1],
                                 kubernetes_version=args.kubernetes_version,
                                 pod_cidr=args.pod_cidr,
                                 service_cidr=args.service_cidr,
@@ -92,9 +141,10 @@ class KubeadmCluster(pulumi.ComponentResource):
             f"{name}-init",
             NodeStep("kubeadm-init", "50-kubeadm-init.sh", ()),
             cp_connection,
-            pulumi.ResourceOptions(parent=self, depends_on=[args.provisioned[cp.node_name]]),
+            pulumi.ResourceOptions(parent=self, depends_on=[args.provisioned[cp.node_name], first_backend]),
             extra_triggers=[cp.instance_id],
             args=init_args,
+            secret_args=certificate_key_arg,
         )
         self.admin_conf = command.remote.Command(
             f"{name}-admin-conf",
@@ -108,7 +158,7 @@ class KubeadmCluster(pulumi.ComponentResource):
             ),
         )
         self.kubeconfig = pulumi.Output.secret(
-            pulumi.Output.all(pulumi.Output.secret(self.admin_conf.stdout), cp.external_ip).apply(
+            pulumi.Output.all(pulumi.Output.secret(self.admin_conf.stdout), endpoint).apply(
                 lambda values: external_kubeconfig(values[0], values[1])
             )
         )
@@ -119,12 +169,17 @@ class KubeadmCluster(pulumi.ComponentResource):
         )
         self.pod_network = self._flannel(name, args.pod_cidr)
 
-        self.joins = [self._join(worker, args, cp_connection) for worker in args.workers]
+        self.backends: list[pulumi.Resource] = [first_backend]
+        self.control_plane_joins = [
+            self._join_control_plane(vm, args, certificate_key_arg) for vm in args.control_planes[1:]
+        ]
+        self.worker_joins = [self._join_worker(worker, args) for worker in args.workers]
+        self.policy = self._control_plane_policy(name, args)
         nodes_ready = NodeStep(
             "nodes-ready",
             "90-wait-nodes-ready.sh",
             (
-                ("node-names", " ".join(vm.node_name for vm in [cp, *args.workers])),
+                ("node-names", " ".join(vm.node_name for vm in [*args.control_planes, *args.workers])),
                 ("timeout-seconds", str(NODES_READY_TIMEOUT_SECONDS)),
             ),
         )
@@ -132,50 +187,117 @@ class KubeadmCluster(pulumi.ComponentResource):
             f"{name}-nodes-ready",
             nodes_ready,
             cp_connection,
-            pulumi.ResourceOptions(parent=self, depends_on=[self.pod_network, *self.joins]),
+            pulumi.ResourceOptions(
+                parent=self,
+                depends_on=[self.pod_network, *self.control_plane_joins, *self.worker_joins, *self.backends],
+            ),
             extra_triggers=[self.init.id],
         )
         self.register_outputs({"kubeconfig": self.kubeconfig})
 
-    def _flannel(self, name: str, pod_cidr: str) -> k8s.helm.v3.Release:
-        child = pulumi.ResourceOptions(parent=self, provider=self.provider)
-        # Flannel's pods need host networking and privileges: the namespace says so for
-        # Pod Security admission.
-        namespace = k8s.core.v1.Namespace(
-            f"{name}-kube-flannel",
-            metadata=k8s.meta.v1.ObjectMetaArgs(
-                name=versions.FLANNEL_NAMESPACE,
-                labels={"pod-security.kubernetes.io/enforce": "privileged"},
-            ),
-            opts=child,
-        )
-        return k8s.helm.v3.Release(
-            f"{name}-flannel",
-            name="flannel",
-            chart=versions.FLANNEL_CHART,
-            version=versions.FLANNEL_CHART_VERSION,
-            repository_opts=k8s.helm.v3.RepositoryOptsArgs(repo=versions.FLANNEL_CHART_REPOSITORY),
-            namespace=namespace.metadata.name,
-            values={"podCidr": pod_cidr, "flannel": {"backend": "vxlan"}},
-            opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[namespace])),
+    def _backend(
+        self, vm: NodeVm, args: ClusterArgs, after: Sequence[pulumi.Resource]
+    ) -> gcp.compute.InstanceGroupMembership:
+        """The control plane in its zone's instance group: from here on the load balancer sends to
+        it (once its health check passes), and the VM answers the endpoint's address itself."""
+        return gcp.compute.InstanceGroupMembership(
+            f"{vm.node_name}-api-backend",
+            zone=vm.zone,
+            instance_group=args.backend_groups[vm.zone].name,
+            instance=vm.instance.self_link,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=list(after)),
         )
 
-    def _join(
-        self, worker: NodeVm, args: ClusterArgs, cp_connection: command.remote.ConnectionArgs
+    def _token(
+        self,
+        vm: NodeVm,
+        control_plane: bool,
+        secret_args: pulumi.Output[tuple[tuple[str, str], ...]] | None,
     ) -> command.remote.Command:
         token = remote_step(
-            f"{worker.node_name}-join-token",
+            f"{vm.node_name}-join-token",
             NodeStep(
                 "join-token",
                 "60-join-token.sh",
-                (("node-name", worker.node_name), ("ttl", JOIN_TOKEN_TTL)),
+                (
+                    ("node-name", vm.node_name),
+                    ("ttl", JOIN_TOKEN_TTL),
+                    ("control-plane", "true" if control_plane else "false"),
+                ),
             ),
-            cp_connection,
-            pulumi.ResourceOptions(parent=self, depends_on=[self.init]),
-            # A new or replaced worker (or a new control plane) gets a fresh token, whenever it comes.
-            extra_triggers=[worker.instance_id, self.init.id],
+            self.cp_connection,
+            pulumi.ResourceOptions(parent=self, depends_on=[self.init, *self.token_lanes.after()]),
+            # A new or replaced node gets a fresh token, whenever it comes.
+            extra_triggers=[vm.instance_id, self.init.id],
             secret_stdout=True,
+            secret_args=secret_args,
         )
+        self.token_lanes.place(token)
+        return token
+
+    def _join_control_plane(
+        self,
+        vm: NodeVm,
+        args: ClusterArgs,
+        certificate_key_arg: pulumi.Output[tuple[tuple[str, str], ...]],
+    ) -> command.remote.Command:
+        token = self._token(vm, control_plane=True, secret_args=certificate_key_arg)
+        takes_workloads = self.control_planes_take_workloads
+        join_args = pulumi.Output.all(
+            pulumi.Output.secret(token.stdout), vm.internal_ip, self.certificate_key.hex
+        ).apply(
+            lambda values: (
+                (
+                    "config-b64",
+                    b64(
+                        render_join_config(
+                            node_registration(vm.node_name, values[1], takes_workloads, control_plane=True),
+                            parse_join_command(values[0]),
+                            certificate_key=values[2],
+                        )
+                    ),
+                ),
+            )
+        )
+        join = remote_step(
+            f"{vm.node_name}-join",
+            NodeStep(
+                "kubeadm-join",
+                "70-kubeadm-join.sh",
+                (
+                    ("node-name", vm.node_name),
+                    ("control-plane", "true"),
+                    ("takes-workloads", "true" if takes_workloads else "false"),
+                    ("kata-label", KATA_LABEL),
+                ),
+            ),
+            ssh_connection(vm.external_ip, args.admin_user, args.private_key),
+            pulumi.ResourceOptions(
+                parent=self,
+                depends_on=[token, args.provisioned[vm.node_name]],
+                custom_timeouts=pulumi.CustomTimeouts(create="20m"),
+            ),
+            extra_triggers=[vm.instance_id, self.init.id],
+            secret_args=join_args,
+        )
+        removal = NodeStep(
+            "remove-control-plane",
+            "85-remove-control-plane.sh",
+            (
+                ("node-name", vm.node_name),
+                ("policy-file", CONTROL_PLANE_POLICY_FILE),
+                ("timeout-seconds", str(NODE_REMOVAL_TIMEOUT_SECONDS)),
+            ),
+        )
+        # Nothing on create. When the control plane leaves the settings, Pulumi deletes its
+        # backend first (this waits for it), then this, whose delete checks etcd's quorum and the
+        # shrink policy on cp-0 before it removes the member, then the VM.
+        leave = self._on_removal(f"{vm.node_name}-leave-on-removal", removal, [join])
+        self.backends.append(self._backend(vm, args, [leave]))
+        return join
+
+    def _join_worker(self, worker: NodeVm, args: ClusterArgs) -> command.remote.Command:
+        token = self._token(worker, control_plane=False, secret_args=None)
         # The engine marks stdout secret (additional_secret_outputs); say so here as well, so the
         # token can never reach a plain input.
         join_args = pulumi.Output.all(pulumi.Output.secret(token.stdout), worker.internal_ip).apply(
@@ -206,13 +328,78 @@ class KubeadmCluster(pulumi.ComponentResource):
         )
         # Does nothing on create; when the worker leaves the settings (or the stack is destroyed)
         # Pulumi deletes this before the worker's VM, and its delete drains and removes the Node.
-        command.remote.Command(
-            f"{worker.node_name}-drain-on-removal",
-            connection=cp_connection,
-            create="cat >/dev/null",
+        self._on_removal(f"{worker.node_name}-drain-on-removal", removal, [join])
+        return join
+
+    def _on_removal(
+        self, resource_name: str, removal: NodeStep, after: Sequence[pulumi.Resource]
+    ) -> command.remote.Command:
+        """A step that runs on cp-0 only when it is deleted (its node left the settings, or the
+        stack is destroyed). Its lanes bound how many run at once at `pulumi destroy`."""
+        # No create command: pulumi-command then opens no SSH session until the delete.
+        step = command.remote.Command(
+            resource_name,
+            connection=self.cp_connection,
             delete=removal.command_line,
             stdin=removal.script_text,
             add_previous_output_in_env=False,
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[join]),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[*after, *self.removal_lanes.after()]),
         )
-        return join
+        self.removal_lanes.place(step)
+        return step
+
+    def _control_plane_policy(self, name: str, args: ClusterArgs) -> command.remote.Command:
+        """Tells the removal steps on cp-0 whether going below 3 control planes is allowed.
+
+        Pulumi deletes a removed control plane's steps at the end of an update, after this has
+        been updated, so one `pulumi up` can both allow it and do it. At `pulumi destroy` this is
+        deleted before every removal step (they are its dependencies), and says so: they then
+        leave etcd alone, as the whole cluster is going.
+        """
+
+        def policy(shrink: str) -> NodeStep:
+            return NodeStep(
+                "control-plane-policy",
+                "55-control-plane-policy.sh",
+                (("policy-file", CONTROL_PLANE_POLICY_FILE), ("shrink", shrink)),
+            )
+
+        setting = policy("allowed" if args.allow_control_plane_shrink else "refused")
+        return command.remote.Command(
+            f"{name}-control-plane-policy",
+            connection=self.cp_connection,
+            create=setting.command_line,
+            delete=policy("destroying").command_line,
+            stdin=setting.script_text,
+            triggers=[setting.content_hash, self.init.id],
+            add_previous_output_in_env=False,
+            opts=pulumi.ResourceOptions(
+                parent=self,
+                depends_on=[self.init, *self.removal_lanes.placed],
+                # Replaced, the old one's delete must not write "destroying" after the new one wrote.
+                delete_before_replace=True,
+            ),
+        )
+
+    def _flannel(self, name: str, pod_cidr: str) -> k8s.helm.v3.Release:
+        child = pulumi.ResourceOptions(parent=self, provider=self.provider)
+        # Flannel's pods need host networking and privileges: the namespace says so for
+        # Pod Security admission.
+        namespace = k8s.core.v1.Namespace(
+            f"{name}-kube-flannel",
+            metadata=k8s.meta.v1.ObjectMetaArgs(
+                name=versions.FLANNEL_NAMESPACE,
+                labels={"pod-security.kubernetes.io/enforce": "privileged"},
+            ),
+            opts=child,
+        )
+        return k8s.helm.v3.Release(
+            f"{name}-flannel",
+            name="flannel",
+            chart=versions.FLANNEL_CHART,
+            version=versions.FLANNEL_CHART_VERSION,
+            repository_opts=k8s.helm.v3.RepositoryOptsArgs(repo=versions.FLANNEL_CHART_REPOSITORY),
+            namespace=namespace.metadata.name,
+            values={"podCidr": pod_cidr, "flannel": {"backend": "vxlan"}},
+            opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[namespace])),
+        )

@@ -14,6 +14,8 @@ KUBEADM_API = "kubeadm.k8s.io/v1beta4"
 KUBELET_API = "kubelet.config.k8s.io/v1beta1"
 API_PORT = 6443
 KATA_NODE_LABEL = ("katacontainers.io/kata-runtime", "true")
+# kubeadm's certificate key: 32 random bytes, hex (`kubeadm certs certificate-key` prints one).
+CERTIFICATE_KEY = re.compile(r"^[0-9a-f]{64}$")
 JOIN_COMMAND = re.compile(
     r"kubeadm\s+join\s+(?P<endpoint>\S+:\d+)\s+--token\s+(?P<token>[a-z0-9]{6}\.[a-z0-9]{16})"
     r"\s+--discovery-token-ca-cert-hash\s+(?P<hash>sha256:[a-f0-9]{64})"
@@ -46,7 +48,9 @@ class NodeRegistration:
 @dataclass(frozen=True)
 class InitSpec:
     node: NodeRegistration
-    external_ip: str
+    # The load balancer's address in front of every control plane: kubeadm's controlPlaneEndpoint,
+    # and so the server of every kubeconfig kubeadm writes (kubelets, admins).
+    endpoint: str
     kubernetes_version: str
     pod_cidr: str
     service_cidr: str
@@ -69,11 +73,11 @@ def render_init_config(spec: InitSpec) -> str:
             "apiVersion": KUBEADM_API,
             "kind": "ClusterConfiguration",
             "kubernetesVersion": f"v{spec.kubernetes_version}",
-            # Workers join over the VPC; the external address is only a certificate SAN for
-            # admins, since it is reachable only from apiAllowedCidrs.
-            "controlPlaneEndpoint": f"{spec.node.internal_ip}:{API_PORT}",
+            # The same endpoint for one control plane or five: growing the control plane changes
+            # no certificate and no kubeconfig. Each API server's own address is a SAN anyway.
+            "controlPlaneEndpoint": f"{spec.endpoint}:{API_PORT}",
             "networking": {"podSubnet": spec.pod_cidr, "serviceSubnet": spec.service_cidr},
-            "apiServer": {"certSANs": [spec.external_ip, spec.node.internal_ip]},
+            "apiServer": {"certSANs": [spec.endpoint]},
         },
         {
             "apiVersion": KUBELET_API,
@@ -102,28 +106,39 @@ def parse_join_command(text: str) -> JoinCommand:
     return JoinCommand(match["endpoint"], match["token"], match["hash"])
 
 
-def render_join_config(node: NodeRegistration, join: JoinCommand) -> str:
-    return _dump(
-        {
-            "apiVersion": KUBEADM_API,
-            "kind": "JoinConfiguration",
-            "discovery": {
-                "bootstrapToken": {
-                    "apiServerEndpoint": join.api_server_endpoint,
-                    "token": join.token,
-                    "caCertHashes": [join.ca_cert_hash],
-                }
-            },
-            "nodeRegistration": node.render(),
+def render_join_config(node: NodeRegistration, join: JoinCommand, certificate_key: str | None = None) -> str:
+    """A worker's JoinConfiguration, or a control plane's when given the certificate key that
+    decrypts the control-plane certificates `kubeadm init --upload-certs` left in the cluster."""
+    document: dict = {
+        "apiVersion": KUBEADM_API,
+        "kind": "JoinConfiguration",
+        "discovery": {
+            "bootstrapToken": {
+                "apiServerEndpoint": join.api_server_endpoint,
+                "token": join.token,
+                "caCertHashes": [join.ca_cert_hash],
+            }
+        },
+        "nodeRegistration": node.render(),
+    }
+    if certificate_key is not None:
+        if not CERTIFICATE_KEY.match(certificate_key):
+            raise ValueError("a kubeadm certificate key is 32 bytes as 64 lowercase hex digits")
+        document["controlPlane"] = {
+            # Its own API server listens on its own address; kubelets and admins keep using the
+            # load balancer (controlPlaneEndpoint) in front of all of them.
+            "localAPIEndpoint": {"advertiseAddress": node.internal_ip, "bindPort": API_PORT},
+            "certificateKey": certificate_key,
         }
-    )
+    return _dump(document)
 
 
-def external_kubeconfig(admin_conf: str, server_ip: str) -> str:
-    """admin.conf with every cluster's server pointing at the control plane's external address."""
+def external_kubeconfig(admin_conf: str, endpoint: str) -> str:
+    """admin.conf with every cluster's server set to the load balancer in front of the API servers
+    (kubeadm already writes it there; this makes sure the exported file says so)."""
     config = yaml.safe_load(admin_conf)
     if not isinstance(config, dict) or not config.get("clusters"):
         raise ValueError("admin.conf has no clusters: was kubeadm init successful?")
     for cluster in config["clusters"]:
-        cluster["cluster"]["server"] = f"https://{server_ip}:{API_PORT}"
+        cluster["cluster"]["server"] = f"https://{endpoint}:{API_PORT}"
     return yaml.safe_dump(config, sort_keys=False)

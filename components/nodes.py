@@ -25,7 +25,8 @@ WORKER = "worker"
 class MachineSpec:
     """What every node VM shares."""
 
-    zone: str
+    # The zones of the region that nodes are spread over, each role round-robin in this order.
+    zones: tuple[str, ...]
     region: str
     machine_type: str
     min_cpu_platform: str | None
@@ -40,6 +41,7 @@ class NodeVmArgs:
     name: str
     role: str
     stack: str
+    zone: str
     machine: MachineSpec
     image: pulumi.Input[str]
     subnet: pulumi.Input[str]
@@ -71,6 +73,7 @@ class NodeVm(pulumi.ComponentResource):
     def __init__(self, name: str, args: NodeVmArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("kata-mesh:nodes:NodeVm", name, None, opts)
         self.node_name = args.name
+        self.zone = args.zone
         machine = args.machine
         # Static, so a stopped and restarted (or preempted) node keeps the address that SSH,
         # the kubeconfig and the API server certificate use.
@@ -85,7 +88,7 @@ class NodeVm(pulumi.ComponentResource):
         self.instance = gcp.compute.Instance(
             name,
             name=args.name,
-            zone=machine.zone,
+            zone=args.zone,
             machine_type=machine.machine_type,
             min_cpu_platform=machine.min_cpu_platform,
             advanced_machine_features=gcp.compute.InstanceAdvancedMachineFeaturesArgs(
@@ -146,15 +149,22 @@ class ClusterNodesArgs:
     name_prefix: str
     stack: str
     machine: MachineSpec
+    control_plane_count: int
     worker_count: int
     subnet: pulumi.Input[str]
     ssh_keys_metadata: pulumi.Input[str]
 
 
-class ClusterNodes(pulumi.ComponentResource):
-    """The control plane and the workers, with the node service account and image they share."""
+def zone_for(zones: tuple[str, ...], index: int) -> str:
+    """Node `index` of a role: round-robin over the zones, so each role spreads as evenly as it can
+    and a node keeps its zone when nodes are added after it."""
+    return zones[index % len(zones)]
 
-    control_plane: NodeVm
+
+class ClusterNodes(pulumi.ComponentResource):
+    """The control planes and the workers, with the node service account and image they share."""
+
+    control_planes: list[NodeVm]
     workers: list[NodeVm]
 
     def __init__(self, name: str, args: ClusterNodesArgs, opts: pulumi.ResourceOptions | None = None) -> None:
@@ -181,6 +191,7 @@ class ClusterNodes(pulumi.ComponentResource):
                     name=node_name,
                     role=role,
                     stack=args.stack,
+                    zone=zone_for(args.machine.zones, index),
                     machine=args.machine,
                     image=image.self_link,
                     subnet=args.subnet,
@@ -190,10 +201,15 @@ class ClusterNodes(pulumi.ComponentResource):
                 opts=child,
             )
 
-        self.control_plane = node(CONTROL_PLANE, 0)
+        self.control_planes = [node(CONTROL_PLANE, i) for i in range(args.control_plane_count)]
         self.workers = [node(WORKER, i) for i in range(args.worker_count)]
-        self.register_outputs({"controlPlaneIp": self.control_plane.external_ip})
+        self.register_outputs({"controlPlaneIps": [vm.external_ip for vm in self.control_planes]})
+
+    @property
+    def control_plane(self) -> NodeVm:
+        """The first control plane: the one `kubeadm init` runs on, never removed by scaling."""
+        return self.control_planes[0]
 
     @property
     def all(self) -> list[NodeVm]:
-        return [self.control_plane, *self.workers]
+        return [*self.control_planes, *self.workers]

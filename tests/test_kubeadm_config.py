@@ -17,13 +17,84 @@ from components.kubeadm_config import (
 )
 
 TOKEN = "abcdef.0123456789abcdef"
+LOAD_BALANCER = "198.51.100.20"
+# What `kubeadm certs certificate-key` prints: 32 random bytes in hex.
+CERTIFICATE_KEY = "8f7d6c5b4a39281706f5e4d3c2b1a09f8e7d6c5b4a3928170615f4e3d2c1b0a9"
+
+# The v1beta4 JoinConfiguration's fields (json names and Go types) as kubeadm declares them in
+# kubernetes/kubernetes cmd/kubeadm/app/apis/kubeadm/v1beta4/types.go: JoinConfiguration,
+# Discovery, BootstrapTokenDiscovery, JoinControlPlane, APIEndpoint, NodeRegistrationOptions, Arg.
+V1BETA4 = {
+    "JoinConfiguration": {
+        "apiVersion": str,
+        "kind": str,
+        "dryRun": bool,
+        "nodeRegistration": "NodeRegistrationOptions",
+        "caCertPath": str,
+        "discovery": "Discovery",
+        "controlPlane": "JoinControlPlane",
+        "skipPhases": [str],
+        "patches": "Patches",
+        "timeouts": "Timeouts",
+    },
+    "Discovery": {
+        "bootstrapToken": "BootstrapTokenDiscovery",
+        "file": "FileDiscovery",
+        "tlsBootstrapToken": str,
+    },
+    "BootstrapTokenDiscovery": {
+        "token": str,
+        "apiServerEndpoint": str,
+        "caCertHashes": [str],
+        "unsafeSkipCAVerification": bool,
+    },
+    "JoinControlPlane": {"localAPIEndpoint": "APIEndpoint", "certificateKey": str},
+    "APIEndpoint": {"advertiseAddress": str, "bindPort": int},
+    "NodeRegistrationOptions": {
+        "name": str,
+        "criSocket": str,
+        "taints": [dict],
+        "kubeletExtraArgs": ["Arg"],
+        "ignorePreflightErrors": [str],
+        "imagePullPolicy": str,
+        "imagePullSerial": bool,
+    },
+    "Arg": {"name": str, "value": str},
+}
+
+
+def conforms(value: object, kind: object, where: str) -> list[str]:
+    """Every field of `value` exists in the v1beta4 type `kind`, with that field's type."""
+    if isinstance(kind, list):
+        if not isinstance(value, list):
+            return [f"{where}: expected a list"]
+        return [p for i, item in enumerate(value) for p in conforms(item, kind[0], f"{where}[{i}]")]
+    if isinstance(kind, str):
+        if not isinstance(value, dict):
+            return [f"{where}: expected an object ({kind})"]
+        fields = V1BETA4[kind]
+        return [
+            p
+            for key, item in value.items()
+            for p in (
+                conforms(item, fields[key], f"{where}.{key}")
+                if key in fields
+                else [f"{where}.{key}: no such field in v1beta4 {kind}"]
+            )
+        ]
+    assert isinstance(kind, type)
+    if (kind is int and isinstance(value, bool)) or not isinstance(value, kind):
+        return [f"{where}: expected {kind.__name__}, got {value!r}"]
+    return []
+
+
 CA_HASH = "sha256:" + "0123456789abcdef" * 4
 
 
 def init_documents(runs_workloads: bool) -> dict[str, dict]:
     spec = InitSpec(
         node=node_registration("kata-mesh-dev-cp-0", "10.10.0.2", runs_workloads, control_plane=True),
-        external_ip="203.0.113.10",
+        endpoint=LOAD_BALANCER,
         kubernetes_version="1.36.4",
         pod_cidr="10.244.0.0/16",
         service_cidr="10.96.0.0/12",
@@ -49,8 +120,11 @@ def test_init_config_has_every_v1beta4_field_the_cluster_needs():
     assert init["localAPIEndpoint"] == {"advertiseAddress": "10.10.0.2", "bindPort": 6443}
     assert cluster["kubernetesVersion"] == "v1.36.4"
     assert cluster["networking"] == {"podSubnet": "10.244.0.0/16", "serviceSubnet": "10.96.0.0/12"}
-    assert cluster["apiServer"] == {"certSANs": ["203.0.113.10", "10.10.0.2"]}
-    assert cluster["controlPlaneEndpoint"] == "10.10.0.2:6443"
+    # The load balancer's address is the endpoint and a SAN; each API server's own address is a
+    # SAN kubeadm adds by itself (its advertise address).
+    assert cluster["apiServer"] == {"certSANs": [LOAD_BALANCER]}
+    assert cluster["controlPlaneEndpoint"] == f"{LOAD_BALANCER}:6443"
+    assert "certificateKey" not in init, "the key never travels in the rendered config"
     assert kubelet == {
         "apiVersion": "kubelet.config.k8s.io/v1beta1",
         "kind": "KubeletConfiguration",
@@ -71,7 +145,7 @@ def test_nothing_outdated_from_the_seed():
     rendered = render_init_config(
         InitSpec(
             node=node_registration("n", "10.0.0.2", False, control_plane=True),
-            external_ip="203.0.113.1",
+            endpoint="203.0.113.1",
             kubernetes_version="1.36.4",
             pod_cidr="10.244.0.0/16",
             service_cidr="10.96.0.0/12",
@@ -117,7 +191,49 @@ def test_join_config_discovers_the_control_plane_with_the_fresh_token_and_labels
     }
 
 
-def test_kubeconfig_points_at_the_external_address():
+def test_a_control_plane_joins_with_its_own_api_endpoint_and_the_certificate_key():
+    node = node_registration("kata-mesh-prod-cp-1", "10.30.0.5", False, control_plane=True)
+    join = JoinCommand(f"{LOAD_BALANCER}:6443", TOKEN, CA_HASH)
+    [doc] = list(yaml.safe_load_all(render_join_config(node, join, certificate_key=CERTIFICATE_KEY)))
+    assert conforms(doc, "JoinConfiguration", "JoinConfiguration") == []
+    assert doc["controlPlane"] == {
+        "localAPIEndpoint": {"advertiseAddress": "10.30.0.5", "bindPort": 6443},
+        "certificateKey": CERTIFICATE_KEY,
+    }
+    # It discovers the cluster through the load balancer, like a worker.
+    assert doc["discovery"]["bootstrapToken"]["apiServerEndpoint"] == f"{LOAD_BALANCER}:6443"
+    # A control plane keeps kubeadm's NoSchedule taint (taints unset) when workers exist.
+    assert "taints" not in doc["nodeRegistration"]
+
+
+def test_a_worker_join_config_has_no_control_plane_section_and_conforms():
+    node = node_registration("kata-mesh-dev-worker-0", "10.10.0.3", True, control_plane=False)
+    [doc] = list(
+        yaml.safe_load_all(render_join_config(node, JoinCommand(f"{LOAD_BALANCER}:6443", TOKEN, CA_HASH)))
+    )
+    assert conforms(doc, "JoinConfiguration", "JoinConfiguration") == []
+    assert "controlPlane" not in doc
+
+
+def test_the_field_check_catches_a_misspelt_or_mistyped_field():
+    bad = {
+        "kind": "JoinConfiguration",
+        "controlPlane": {"certificatekey": "x", "localAPIEndpoint": {"bindPort": "6443"}},
+    }
+    assert conforms(bad, "JoinConfiguration", "J") == [
+        "J.controlPlane.certificatekey: no such field in v1beta4 JoinControlPlane",
+        "J.controlPlane.localAPIEndpoint.bindPort: expected int, got '6443'",
+    ]
+
+
+@pytest.mark.parametrize("key", ["", "abc", CERTIFICATE_KEY.upper(), CERTIFICATE_KEY + "00"])
+def test_a_malformed_certificate_key_is_refused(key):
+    node = node_registration("n", "10.0.0.5", False, control_plane=True)
+    with pytest.raises(ValueError, match="64 lowercase hex"):
+        render_join_config(node, JoinCommand("203.0.113.1:6443", TOKEN, CA_HASH), certificate_key=key)
+
+
+def test_kubeconfig_points_at_the_load_balancer():
     config = yaml.safe_load(external_kubeconfig(MOCK_ADMIN_CONF, "203.0.113.10"))
     assert [c["cluster"]["server"] for c in config["clusters"]] == ["https://203.0.113.10:6443"]
     assert config["users"] == yaml.safe_load(MOCK_ADMIN_CONF)["users"]

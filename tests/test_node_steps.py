@@ -18,12 +18,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 from node_sandbox import Sandbox, require_sandbox
 from seed import SEED_LINKS, SEED_MODULES, SEED_SYSCTLS
 from test_node_scripts import Server, fake_kata_release
 
 from components import versions
-from components.node_provisioning import NodeStep, ProvisioningSpec, node_steps
+from components.node_provisioning import NodeStep, ProvisioningSpec, node_steps, with_secret_args
 
 KUBERNETES_PACKAGES = ["kubelet", "kubeadm", "kubectl"]
 
@@ -523,15 +524,23 @@ def test_kubernetes_fails_clearly_when_the_repository_key_cannot_be_had(node, se
 
 KATA_LABEL = "katacontainers.io/kata-runtime=true"  # REFERENCE 4: kata-deploy's node label
 CONTROL_PLANE_TAINT = "node-role.kubernetes.io/control-plane"
-KUBEADM = """case "$1" in
-  init) [[ -f $state/kubeadm-init-fails ]] && { echo "[preflight] error: port 6443 is in use" >&2; exit 1; }
+# kubeadm prints the certificate key it uses (upload-certs); the stand-in does too, from the
+# config it was given, and keeps a copy of that config (with its mode) for the test to read.
+KUBEADM = """print_key() { sed -n 's/^ *certificateKey: *//p' "$1" | sed 's/^/[upload-certs] Using certificate key: /'; }
+case "$1 ${2:-}" in
+  "init phase") config=${*: -1}; cp "$config" "$state/upload-certs-config-seen"
+        stat -c 'upload-certs config mode %a' "$config" >>/km-test/calls.log; print_key "$config" ;;
+  "init "*) config=$3; cp "$config" "$state/init-config-seen"; stat -c 'init config mode %a' "$config" >>/km-test/calls.log
+        [[ -f $state/kubeadm-init-fails ]] && { echo "[preflight] error: port 6443 is in use" >&2; exit 1; }
+        print_key "$config"
         mkdir -p /etc/kubernetes/manifests; echo admin >/etc/kubernetes/admin.conf
         echo apiserver >/etc/kubernetes/manifests/kube-apiserver.yaml ;;
-  reset) rm -rf /etc/kubernetes/admin.conf /etc/kubernetes/kubelet.conf /etc/kubernetes/manifests /etc/kubernetes/pki ;;
-  join) config=$3; stat -c 'join config mode %a' "$config" >>/km-test/calls.log
+  "reset "*) rm -rf /etc/kubernetes/admin.conf /etc/kubernetes/kubelet.conf /etc/kubernetes/manifests /etc/kubernetes/pki ;;
+  "join "*) config=$3; stat -c 'join config mode %a' "$config" >>/km-test/calls.log; cp "$config" "$state/join-config-seen"
         [[ -f $state/kubeadm-join-fails ]] && { echo "error: couldn't validate the identity of the API Server" >&2; exit 1; }
+        print_key "$config"
         mkdir -p /etc/kubernetes/pki; echo kubelet >/etc/kubernetes/kubelet.conf; cp "$state/cluster-ca.crt" /etc/kubernetes/pki/ca.crt ;;
-  token) echo "kubeadm join 10.10.0.2:6443 --token abcdef.0123456789abcdef --discovery-token-ca-cert-hash sha256:$(cat "$state/cluster-ca-hash") " ;;
+  "token "*) echo "kubeadm join 10.10.0.2:6443 --token abcdef.0123456789abcdef --discovery-token-ca-cert-hash sha256:$(cat "$state/cluster-ca-hash") " ;;
 esac
 """
 KUBECTL = """args=" $* "
@@ -557,7 +566,12 @@ def cluster_node(node: Sandbox) -> Sandbox:
     return node
 
 
-def init_step(takes_workloads: bool = False, config: str = "kind: InitConfiguration\n") -> NodeStep:
+# What `kubeadm certs certificate-key` prints: 32 random bytes, hex.
+CERTIFICATE_KEY = "0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0"
+INIT_CONFIG = "apiVersion: kubeadm.k8s.io/v1beta4\nkind: InitConfiguration\nnodeRegistration:\n  name: cp-0\n---\nkind: ClusterConfiguration\n"
+
+
+def init_step(takes_workloads: bool = False, config: str = INIT_CONFIG) -> NodeStep:
     return NodeStep(
         "kubeadm-init",
         "50-kubeadm-init.sh",
@@ -570,6 +584,22 @@ def init_step(takes_workloads: bool = False, config: str = "kind: InitConfigurat
     )
 
 
+def run_with_key(node: Sandbox, step: NodeStep, key: str = CERTIFICATE_KEY):
+    """As the program runs it: the certificate key appended to the arguments on stdin."""
+    return node.run(step, stdin=with_secret_args(step.script_text, (("certificate-key", key),)))
+
+
+def init_calls(result) -> list[str]:
+    return [
+        re.sub(r"kubeadm-init\.\w+\.yaml", "kubeadm-init.TMP.yaml", c)
+        for c in result.calls
+        if c.startswith("kubeadm")
+    ]
+
+
+INIT_CALL = "kubeadm init --config /etc/kubernetes/kubeadm-init.TMP.yaml --upload-certs --skip-token-print"
+
+
 def kubectl_calls(result) -> list[str]:
     return [c for c in result.calls if c.startswith("kubectl") and "--raw=/readyz" not in c]
 
@@ -577,29 +607,51 @@ def kubectl_calls(result) -> list[str]:
 def test_init_runs_kubeadm_once_and_keeps_a_dedicated_control_plane_tainted_and_unlabelled(cluster_node):
     node = cluster_node
     node.set_state("node.json", '{"metadata": {"labels": {"katacontainers.io/kata-runtime": "true"}}}')
-    result = node.run(init_step())
+    result = run_with_key(node, init_step())
     assert result.returncode == 0, result.stderr
     files = node.changes()
-    assert files["/etc/kubernetes/kubeadm-init.yaml"][:2] == ("kind: InitConfiguration\n", 0o600)
+    assert files["/etc/kubernetes/kubeadm-init.yaml"][:2] == (INIT_CONFIG, 0o600)
     assert "/etc/kubernetes/.kata-mesh-initialized" in files
-    assert [c for c in result.calls if c.startswith("kubeadm")] == [
-        "kubeadm init --config /etc/kubernetes/kubeadm-init.yaml --skip-token-print"
-    ]
+    assert init_calls(result) == [INIT_CALL]
     assert kubectl_calls(result) == [
         f"kubectl taint node cp-0 {CONTROL_PLANE_TAINT}=:NoSchedule --overwrite",
         "kubectl get node cp-0 -o json",
         "kubectl label node cp-0 katacontainers.io/kata-runtime-",
     ]
-    second = node.run(init_step())
+    second = run_with_key(node, init_step())
     assert second.returncode == 0, second.stderr
     assert not [c for c in second.calls if c.startswith("kubeadm")]
     assert node.changes() == files
 
 
+def test_init_uploads_the_certificates_with_the_key_from_stdin_and_keeps_it_nowhere(cluster_node):
+    node = cluster_node
+    result = run_with_key(node, init_step())
+    assert result.returncode == 0, result.stderr
+    # kubeadm read the key in its InitConfiguration, from a file only root could read.
+    seen = list(yaml.safe_load_all((node.state / "init-config-seen").read_text()))
+    assert seen[0]["kind"] == "InitConfiguration" and seen[0]["certificateKey"] == CERTIFICATE_KEY
+    assert seen[0]["nodeRegistration"] == {"name": "cp-0"} and seen[1]["kind"] == "ClusterConfiguration"
+    assert "init config mode 600" in result.calls
+    # What kubeadm printed of it is masked; no file of this run holds it.
+    assert CERTIFICATE_KEY not in result.stdout + result.stderr
+    assert "[upload-certs] Using certificate key: [hidden]" in result.stderr
+    assert not [path for path, content in node.files().items() if CERTIFICATE_KEY in content]
+
+
+@pytest.mark.parametrize("key", ["", "not-hex", CERTIFICATE_KEY[:-2]])
+def test_init_refuses_a_missing_or_malformed_certificate_key_before_anything(cluster_node, key):
+    node = cluster_node
+    result = run_with_key(node, init_step(), key) if key else node.run(init_step())
+    assert result.returncode == 1
+    assert "certificate-key" in result.stderr
+    assert not [c for c in result.calls if c.startswith(("kubeadm", "kubectl"))]
+
+
 def test_init_lets_a_lone_control_plane_take_kata_workloads(cluster_node):
     node = cluster_node
     node.set_state("taints", CONTROL_PLANE_TAINT)
-    result = node.run(init_step(takes_workloads=True))
+    result = run_with_key(node, init_step(takes_workloads=True))
     assert result.returncode == 0, result.stderr
     assert kubectl_calls(result) == [
         "kubectl get node cp-0 -o jsonpath={.spec.taints[*].key}",
@@ -607,26 +659,23 @@ def test_init_lets_a_lone_control_plane_take_kata_workloads(cluster_node):
         f"kubectl label node cp-0 {KATA_LABEL} --overwrite",
     ]
     node.set_state("taints", "")
-    again = node.run(init_step(takes_workloads=True))
+    again = run_with_key(node, init_step(takes_workloads=True))
     assert not [c for c in again.calls if " taint " in c]
 
 
 def test_init_resets_a_half_done_init_before_trying_again(cluster_node):
     node = cluster_node
     node.seed("/etc/kubernetes/admin.conf", "from a run that died")
-    result = node.run(init_step())
+    result = run_with_key(node, init_step())
     assert result.returncode == 0, result.stderr
-    assert [c for c in result.calls if c.startswith("kubeadm")] == [
-        "kubeadm reset -f",
-        "kubeadm init --config /etc/kubernetes/kubeadm-init.yaml --skip-token-print",
-    ]
+    assert init_calls(result) == ["kubeadm reset -f", INIT_CALL]
     assert "an earlier kubeadm init did not finish" in result.stderr
 
 
 def test_init_does_not_init_again_for_a_changed_config_and_says_so(cluster_node):
     node = cluster_node
-    assert node.run(init_step()).returncode == 0
-    result = node.run(init_step(config="kind: InitConfiguration\n# changed\n"))
+    assert run_with_key(node, init_step()).returncode == 0
+    result = run_with_key(node, init_step(config=INIT_CONFIG + "# changed\n"))
     assert result.returncode == 0, result.stderr
     assert not [c for c in result.calls if c.startswith("kubeadm")]
     assert "kubeadm init does not re-apply a changed config" in result.stderr
@@ -635,17 +684,19 @@ def test_init_does_not_init_again_for_a_changed_config_and_says_so(cluster_node)
 def test_init_that_fails_leaves_no_mark_so_the_next_run_tries_again(cluster_node):
     node = cluster_node
     node.set_state("kubeadm-init-fails")
-    result = node.run(init_step())
+    result = run_with_key(node, init_step())
     assert result.returncode == 1
     assert "kubeadm init failed; see the output above" in result.stderr
     assert "port 6443 is in use" in result.stderr
-    assert "/etc/kubernetes/.kata-mesh-initialized" not in node.changes()
+    changes = node.changes()
+    assert "/etc/kubernetes/.kata-mesh-initialized" not in changes
+    assert not [p for p in changes if re.search(r"kubeadm-init\.\w+\.yaml", p)], "the keyed config stayed"
 
 
 def test_init_fails_when_the_api_server_never_answers(cluster_node):
     node = cluster_node
     node.set_state("api-down")
-    result = node.run(init_step())
+    result = run_with_key(node, init_step())
     assert result.returncode == 1
     assert "the API server does not answer on this node" in result.stderr
     assert sum("--raw=/readyz" in c for c in result.calls) == 61
@@ -673,6 +724,47 @@ def test_join_token_prints_only_the_join_command_and_clears_a_stale_node(cluster
         == "kubeadm token create --ttl 1h --description kata-mesh join for worker-0 --print-join-command"
     )
     assert node.changes() == {}
+
+
+def test_a_control_planes_token_uploads_the_certificates_again_first_with_the_key_kept_secret(cluster_node):
+    node = cluster_node
+    node.set_state("cluster-ca-hash", "c" * 64)
+    node.seed("/etc/kubernetes/kubeadm-init.yaml", INIT_CONFIG, 0o600)
+    step = NodeStep(
+        "join-token",
+        "60-join-token.sh",
+        (("node-name", "cp-1"), ("ttl", "1h"), ("control-plane", "true")),
+    )
+    result = run_with_key(node, step)
+    assert result.returncode == 0, result.stderr
+    kubeadm = [
+        re.sub(r"upload-certs\.\w+\.yaml", "TMP.yaml", c) for c in result.calls if c.startswith("kubeadm")
+    ]
+    assert kubeadm == [
+        "kubeadm init phase upload-certs --upload-certs --config /etc/kubernetes/TMP.yaml",
+        "kubeadm token create --ttl 1h --description kata-mesh join for cp-1 --print-join-command",
+    ]
+    seen = list(yaml.safe_load_all((node.state / "upload-certs-config-seen").read_text()))
+    assert seen[0]["certificateKey"] == CERTIFICATE_KEY and seen[1]["kind"] == "ClusterConfiguration"
+    assert "upload-certs config mode 600" in result.calls
+    # stdout is the join command alone (the program parses it); the key is nowhere.
+    assert result.stdout.strip().startswith("kubeadm join 10.10.0.2:6443 --token")
+    assert CERTIFICATE_KEY not in result.stdout + result.stderr
+    assert not [path for path, content in node.files().items() if CERTIFICATE_KEY in content]
+    assert node.files()["/etc/kubernetes/kubeadm-init.yaml"] == INIT_CONFIG
+
+
+def test_a_control_planes_token_without_the_key_fails_before_anything(cluster_node):
+    node = cluster_node
+    step = NodeStep(
+        "join-token",
+        "60-join-token.sh",
+        (("node-name", "cp-1"), ("ttl", "1h"), ("control-plane", "true")),
+    )
+    result = node.run(step)
+    assert result.returncode == 1
+    assert "needs --certificate-key" in result.stderr
+    assert not [c for c in result.calls if c.startswith("kubeadm")]
 
 
 def make_ca(folder: Path, name: str) -> tuple[str, str]:
@@ -780,6 +872,65 @@ def test_join_that_fails_leaves_no_mark_and_no_token_on_disk(cluster_node, clust
     files = node.changes()
     assert "/etc/kubernetes/.kata-mesh-joined" not in files
     assert not [p for p in files if p.startswith("/etc/kubernetes-join.")]
+
+
+# The joining control plane's own API server, as curl sees it on 127.0.0.1:6443.
+CURL_READYZ = """[[ " $* " == *" https://127.0.0.1:6443/readyz "* ]] || { echo "curl stand-in: unexpected call" >&2; exit 2; }
+[[ -f $state/api-down ]] && exit 7; echo ok
+"""
+
+
+def control_plane_join_step(ca_hash: str, takes_workloads: bool = False, api_timeout: int = 300) -> NodeStep:
+    config = (
+        "kind: JoinConfiguration\ndiscovery:\n  bootstrapToken:\n    token: abcdef.0123456789abcdef\n"
+        f"    caCertHashes:\n    - sha256:{ca_hash}\ncontrolPlane:\n  localAPIEndpoint:\n"
+        f"    advertiseAddress: 10.10.0.5\n    bindPort: 6443\n  certificateKey: {CERTIFICATE_KEY}\n"
+    )
+    return NodeStep(
+        "kubeadm-join",
+        "70-kubeadm-join.sh",
+        (
+            ("node-name", "cp-1"),
+            ("control-plane", "true"),
+            ("takes-workloads", "true" if takes_workloads else "false"),
+            ("kata-label", KATA_LABEL),
+            ("api-timeout-seconds", str(api_timeout)),
+            ("config-b64", base64.b64encode(config.encode()).decode()),
+        ),
+    )
+
+
+def test_a_control_plane_joins_waits_for_its_own_api_server_then_takes_its_role(cluster_node, cluster_ca):
+    node = cluster_node
+    node.behaviour["curl"] = CURL_READYZ
+    result = node.run(control_plane_join_step(cluster_ca))
+    assert result.returncode == 0, result.stderr
+    calls = [c for c in result.calls if c.startswith(("kubeadm", "curl", "kubectl"))]
+    assert [c.split(" --config")[0] for c in calls] == [
+        "kubeadm join",
+        "curl -fsk --max-time 5 https://127.0.0.1:6443/readyz",
+        f"kubectl taint node cp-1 {CONTROL_PLANE_TAINT}=:NoSchedule --overwrite",
+        "kubectl get node cp-1 -o json",
+    ]
+    joined_with = yaml.safe_load((node.state / "join-config-seen").read_text())
+    assert joined_with["controlPlane"]["certificateKey"] == CERTIFICATE_KEY
+    assert CERTIFICATE_KEY not in result.stdout + result.stderr
+    assert "[upload-certs] Using certificate key: [hidden]" in result.stderr
+    assert not [path for path, content in node.files().items() if CERTIFICATE_KEY in content]
+    second = node.run(control_plane_join_step(cluster_ca))
+    assert second.returncode == 0, second.stderr
+    assert "already joined" in second.stderr
+    assert not [c for c in second.calls if c.startswith("kubeadm")]
+
+
+def test_a_control_plane_whose_api_server_never_answers_fails_the_join_step(cluster_node, cluster_ca):
+    node = cluster_node
+    node.behaviour["curl"] = CURL_READYZ
+    node.set_state("api-down")
+    result = node.run(control_plane_join_step(cluster_ca, api_timeout=1))
+    assert result.returncode == 1
+    assert "does not answer on 127.0.0.1:6443 after 1s" in result.stderr
+    assert not [c for c in result.calls if c.startswith("kubectl")], "its role is set only once it serves"
 
 
 def removal_step() -> NodeStep:

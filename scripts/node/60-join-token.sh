@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# Control plane: a fresh bootstrap token for one worker, printed as its join command. A stale,
+# First control plane: a fresh bootstrap token for one node, printed as its join command. A stale,
 # NotReady Node of the same name (its VM was replaced) is removed first so the new VM can join.
+# For a control plane, the control-plane certificates are uploaded again first: the kubeadm-certs
+# Secret that `kubeadm init --upload-certs` made expires after two hours, and a control plane can
+# join much later (3 -> 5). The certificate key comes on stdin, never on a command line.
 set -euo pipefail
 if ! declare -F km_parse_args >/dev/null; then
   # shellcheck source=lib.sh
@@ -9,9 +12,30 @@ fi
 
 arg_node_name=""
 arg_ttl=""
+arg_control_plane=false
+arg_certificate_key=""
 km_parse_args "$@"
 km_require_args node_name ttl
 export KUBECONFIG=/etc/kubernetes/admin.conf
+# Written by 50-kubeadm-init.sh; the cluster's settings for the upload-certs phase.
+init_config=/etc/kubernetes/kubeadm-init.yaml
+
+if [[ $arg_control_plane == true ]]; then
+  [[ $arg_certificate_key =~ ^[0-9a-f]{64}$ ]] ||
+    km_die "a control plane's token needs --certificate-key (64 lowercase hex digits)"
+  keyed_config=$(mktemp /etc/kubernetes/upload-certs.XXXXXX.yaml)
+  trap 'rm -f "$keyed_config"' EXIT
+  chmod 0600 "$keyed_config"
+  km_with_certificate_key "$init_config" "$arg_certificate_key" >"$keyed_config"
+  # Two control planes joining at once would both rewrite the Secret: one at a time.
+  mkdir -p /run/lock
+  flock /run/lock/kata-mesh-upload-certs kubeadm init phase upload-certs --upload-certs \
+    --config "$keyed_config" 2>&1 | km_hide "$arg_certificate_key" >&2 ||
+    km_die "could not upload the control-plane certificates; see the output above"
+  rm -f "$keyed_config"
+elif [[ $arg_control_plane != false ]]; then
+  km_die "--control-plane must be true or false"
+fi
 
 ready=$(kubectl get node "$arg_node_name" --ignore-not-found \
   -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}')

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Worker: `kubeadm join` with the JoinConfiguration the program rendered (it holds a token, so it
-# comes on stdin and its file is removed afterwards). A node already in this cluster is left as it
+# Worker or further control plane: `kubeadm join` with the JoinConfiguration the program rendered
+# (it holds a token, and for a control plane the certificate key, so it comes on stdin and its file
+# is removed afterwards). A control plane then waits for its own API server and gets its taint and
+# Kata label, like the first one. A node already in this cluster is left as it
 # is (and made to register again if its Node was deleted); a half-joined node, or one from an
 # earlier cluster (another CA), is reset first.
 set -euo pipefail
@@ -11,8 +13,17 @@ fi
 
 arg_config_b64=""
 arg_node_name=""
+arg_control_plane=false
+arg_takes_workloads=false
+arg_kata_label=""
+arg_api_timeout_seconds=300
 km_parse_args "$@"
 km_require_args config_b64 node_name
+case $arg_control_plane in
+  true) km_require_args kata_label ;;
+  false) ;;
+  *) km_die "--control-plane must be true or false" ;;
+esac
 
 config_file=$(mktemp /etc/kubernetes-join.XXXXXX.yaml)
 trap 'rm -f "$config_file"' EXIT
@@ -30,14 +41,38 @@ if [[ -f $joined && -f /etc/kubernetes/pki/ca.crt ]]; then
       systemctl restart kubelet
     fi
     km_log "already joined"
-    exit 0
+    already_joined=true
+  else
+    km_log "this node was joined to another cluster (its CA differs); joining this one instead"
   fi
-  km_log "this node was joined to another cluster (its CA differs); joining this one instead"
 fi
-if [[ -e $joined || -e /etc/kubernetes/kubelet.conf || -e /etc/kubernetes/pki/ca.crt ]]; then
-  kubeadm reset -f >&2
-  rm -f "$joined"
+if [[ ${already_joined:-false} == false ]]; then
+  if [[ -e $joined || -e /etc/kubernetes/kubelet.conf || -e /etc/kubernetes/pki/ca.crt ]]; then
+    kubeadm reset -f >&2
+    rm -f "$joined"
+  fi
+  key=$(sed -n 's/^ *certificateKey: *//p' "$config_file")
+  if [[ -n $key ]]; then
+    # A control plane's config holds the certificate key: whatever kubeadm echoes of it stays
+    # out of the logs.
+    kubeadm join --config "$config_file" 2>&1 | km_hide "$key" >&2 ||
+      km_die "kubeadm join failed; see the output above"
+  else
+    kubeadm join --config "$config_file" || km_die "kubeadm join failed; see the output above"
+  fi
+  touch "$joined"
+  km_log "joined the cluster"
 fi
-kubeadm join --config "$config_file" || km_die "kubeadm join failed; see the output above"
-touch "$joined"
-km_log "joined the cluster"
+[[ $arg_control_plane == true ]] || exit 0
+
+# The load balancer sends to this control plane only after this step: its own API server must
+# answer first (anonymous /readyz, on the address every API server listens on).
+deadline=$((SECONDS + arg_api_timeout_seconds))
+until curl -fsk --max-time 5 https://127.0.0.1:6443/readyz >/dev/null 2>&1; do
+  ((SECONDS < deadline)) ||
+    km_die "this control plane's API server does not answer on 127.0.0.1:6443 after ${arg_api_timeout_seconds}s: see sudo crictl ps -a and journalctl -u kubelet"
+  sleep 5
+done
+export KUBECONFIG=/etc/kubernetes/admin.conf
+km_set_workload_role "$arg_node_name" "$arg_takes_workloads" "$arg_kata_label"
+km_log "control plane ready"

@@ -125,3 +125,38 @@ km_etcdctl() {
     --cert=/etc/kubernetes/pki/etcd/healthcheck-client.crt \
     --key=/etc/kubernetes/pki/etcd/healthcheck-client.key "$@"
 }
+
+# km_with_certificate_key CONFIG KEY: the kubeadm config file with `certificateKey: KEY` added to
+# its InitConfiguration, on stdout (the program renders that document without it, so the key
+# never travels on a command line nor stays on disk).
+km_with_certificate_key() {
+  local config=$1 key=$2
+  grep -qx 'kind: InitConfiguration' "$config" || km_die "$config has no InitConfiguration"
+  awk -v key="$key" '{ print } $0 == "kind: InitConfiguration" { print "certificateKey: " key }' "$config"
+}
+
+# km_hide SECRET: copies stdin to stdout with every occurrence of SECRET (letters and digits only)
+# replaced, for tools that print what the logs must not keep.
+km_hide() {
+  [[ $1 =~ ^[[:alnum:]]+$ ]] || km_die "km_hide takes letters and digits only"
+  sed -u "s/$1/[hidden]/g"
+}
+
+# km_set_workload_role NODE TAKES_WORKLOADS KATA_LABEL: a control plane that takes workloads
+# (a cluster without workers) loses kubeadm's NoSchedule taint and carries the Kata label; one
+# that does not is tainted and unlabelled. Needs KUBECONFIG.
+km_set_workload_role() {
+  local node=$1 takes_workloads=$2 kata_label=$3
+  local taint=node-role.kubernetes.io/control-plane label_key=${3%%=*}
+  if [[ $takes_workloads == true ]]; then
+    if kubectl get node "$node" -o jsonpath='{.spec.taints[*].key}' | grep -qw "$taint"; then
+      kubectl taint node "$node" "$taint:NoSchedule-" >&2
+    fi
+    kubectl label node "$node" "$kata_label" --overwrite >&2
+  else
+    kubectl taint node "$node" "$taint=:NoSchedule" --overwrite >&2
+    if kubectl get node "$node" -o json | jq -e --arg key "$label_key" '.metadata.labels | has($key)' >/dev/null; then
+      kubectl label node "$node" "$label_key-" >&2
+    fi
+  fi
+}

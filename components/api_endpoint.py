@@ -1,0 +1,138 @@
+"""The Kubernetes API's one address: a regional external passthrough Network Load Balancer in front
+of every control plane, from the first `pulumi up` on.
+
+Passthrough keeps the client's own address (a proxy load balancer would show Google's), so the
+firewall still limits the API to apiAllowedCidrs and the nodes, and the port stays 6443. Its trap:
+the guest environment puts the load balancer's address on every backend VM, so a backend that calls
+that address is answered by itself. The cluster therefore adds a control plane to its zone's group
+only once its own API server answers (components/cluster.py); until then its calls to the address
+leave the VM and reach the control planes that are already serving.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_gcp as gcp
+
+from components.network import API_PORT, CONTROL_PLANE_TAG
+
+# Where Google's health checks for external passthrough Network Load Balancers come from
+# ("Firewall rules", Cloud Load Balancing docs): the firewall must let them reach 6443.
+HEALTH_CHECK_RANGES = ("35.191.0.0/16", "209.85.152.0/22", "209.85.204.0/22")
+# /readyz answers anonymous callers ("ok") only when the API server can serve, etcd included.
+HEALTH_CHECK_PATH = "/readyz"
+# Long enough for a request in flight to finish when a control plane leaves the backends.
+CONNECTION_DRAINING_SECONDS = 30
+
+
+@dataclass(frozen=True)
+class ApiEndpointArgs:
+    name_prefix: str
+    region: str
+    # One instance group per zone the control planes may use, so the backends never change when
+    # control planes are added or removed, only the groups' members.
+    zones: Sequence[str]
+    network: pulumi.Input[str]
+    # Nodes reach the load balancer from their external addresses (it is an external one).
+    node_external_ips: Sequence[pulumi.Input[str]]
+
+
+class ApiEndpoint(pulumi.ComponentResource):
+    """A static address, a forwarding rule on 6443, a backend service of zonal instance groups
+    with an HTTPS /readyz health check, and the firewall rules that let nodes and the checks in."""
+
+    address: pulumi.Output[str]
+    instance_groups: dict[str, gcp.compute.InstanceGroup]
+
+    def __init__(self, name: str, args: ApiEndpointArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("kata-mesh:api:ApiEndpoint", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        prefix = args.name_prefix
+        self.static_address = gcp.compute.Address(
+            f"{name}-ip",
+            name=f"{prefix}-api",
+            region=args.region,
+            address_type="EXTERNAL",
+            description="The Kubernetes API's address (kubeadm controlPlaneEndpoint)",
+            opts=child,
+        )
+        self.address = self.static_address.address
+        self.health_check = gcp.compute.RegionHealthCheck(
+            f"{name}-health",
+            name=f"{prefix}-api",
+            region=args.region,
+            https_health_check=gcp.compute.RegionHealthCheckHttpsHealthCheckArgs(
+                port=int(API_PORT), request_path=HEALTH_CHECK_PATH
+            ),
+            check_interval_sec=5,
+            timeout_sec=5,
+            healthy_threshold=2,
+            unhealthy_threshold=3,
+            opts=child,
+        )
+        self.instance_groups = {
+            zone: gcp.compute.InstanceGroup(
+                f"{name}-{zone}",
+                name=f"{prefix}-cp-{zone}",
+                zone=zone,
+                network=args.network,
+                description="Control planes serving the Kubernetes API in this zone",
+                opts=child,
+            )
+            for zone in args.zones
+        }
+        self.backend_service = gcp.compute.RegionBackendService(
+            f"{name}-backends",
+            name=f"{prefix}-api",
+            region=args.region,
+            load_balancing_scheme="EXTERNAL",
+            protocol="TCP",
+            health_checks=self.health_check.id,
+            connection_draining_timeout_sec=CONNECTION_DRAINING_SECONDS,
+            backends=[
+                gcp.compute.RegionBackendServiceBackendArgs(
+                    group=group.self_link, balancing_mode="CONNECTION"
+                )
+                for group in self.instance_groups.values()
+            ],
+            opts=child,
+        )
+        self.forwarding_rule = gcp.compute.ForwardingRule(
+            f"{name}-rule",
+            name=f"{prefix}-api",
+            region=args.region,
+            ip_address=self.address,
+            ip_protocol="TCP",
+            ports=[API_PORT],
+            load_balancing_scheme="EXTERNAL",
+            backend_service=self.backend_service.id,
+            opts=child,
+        )
+        self.node_firewall = gcp.compute.Firewall(
+            f"{name}-allow-nodes",
+            name=f"{prefix}-allow-api-from-nodes",
+            network=args.network,
+            direction="INGRESS",
+            allows=[gcp.compute.FirewallAllowArgs(protocol="tcp", ports=[API_PORT])],
+            source_ranges=pulumi.Output.all(*args.node_external_ips).apply(
+                lambda ips: sorted(f"{ip}/32" for ip in ips)
+            ),
+            target_tags=[CONTROL_PLANE_TAG],
+            description="Kubelets and joining nodes reach the API through the load balancer's address",
+            opts=child,
+        )
+        self.health_check_firewall = gcp.compute.Firewall(
+            f"{name}-allow-health-checks",
+            name=f"{prefix}-allow-api-health-checks",
+            network=args.network,
+            direction="INGRESS",
+            allows=[gcp.compute.FirewallAllowArgs(protocol="tcp", ports=[API_PORT])],
+            source_ranges=list(HEALTH_CHECK_RANGES),
+            target_tags=[CONTROL_PLANE_TAG],
+            description="Google's load balancer health checks of the API servers",
+            opts=child,
+        )
+        self.register_outputs({"address": self.address})
