@@ -52,7 +52,15 @@ STACK_TYPE = "pulumi:pulumi:Stack"
 # Documentation ranges (RFC 5737): clearly not real, and valid wherever an address must be.
 PLACEHOLDER_ADMIN_CIDR = "198.51.100.0/24"
 PLACEHOLDER_EXTERNAL_NET = ipaddress.ip_network("203.0.113.0/24")
+# Past every node's number (at most 5 control planes and 99 workers from .2).
+PLACEHOLDER_API_HOST = 200
+API_ADDRESS_SUFFIX = "-api"
 PLACEHOLDER_PROJECT = "my-gcp-project"
+# The certificate key's stand-in (a secret: no plan file may show it; a test checks).
+PLACEHOLDER_RANDOM_HEX = "feedc0de" * 16
+# How remote_step puts secret arguments in front of a script on stdin (with_secret_args).
+SECRET_ARGS_PREFIX = 'set -- "$@" '
+NOTHING_ON_CREATE = "(nothing on create)"
 PLACEHOLDER_PRIVATE_KEY = (
     "-----BEGIN OPENSSH PRIVATE KEY-----\nplaceholder\n-----END OPENSSH PRIVATE KEY-----\n"
 )
@@ -159,7 +167,8 @@ def placeholder_host(node: str, control_planes: int) -> int:
 class PlanMocks(pulumi_mocks.Mocks):
     """As a preview: what the providers compute stays unknown, except the node addresses and ids,
     which get placeholders so node configs can be shown (external from 203.0.113.0/24, internal
-    from the stack's subnet, numbered by node name)."""
+    from the stack's subnet, numbered by node name), and the API load balancer's address
+    (203.0.113.200)."""
 
     def __init__(self, config: Mapping[str, str]) -> None:
         # Read when a node is declared, so after the program has checked the settings.
@@ -170,7 +179,10 @@ class PlanMocks(pulumi_mocks.Mocks):
     def new_resource(self, args: pulumi_mocks.MockResourceArgs) -> tuple[str | None, dict]:
         state = dict(args.inputs)
         name = state.get("name", args.name)
-        if args.typ == "gcp:compute/address:Address":
+        if args.typ == "gcp:compute/address:Address" and name.endswith(API_ADDRESS_SUFFIX):
+            # The API load balancer's address: every kubeadm document and kubeconfig names it.
+            state["address"] = str(PLACEHOLDER_EXTERNAL_NET[PLACEHOLDER_API_HOST])
+        elif args.typ == "gcp:compute/address:Address":
             node = name.removesuffix("-ip")
             state["address"] = str(PLACEHOLDER_EXTERNAL_NET[placeholder_host(node, self.control_planes)])
             self.node_by_address[state["address"]] = node
@@ -184,6 +196,10 @@ class PlanMocks(pulumi_mocks.Mocks):
             state["instanceId"] = f"placeholder-id-{name}"
         elif args.typ == "gcp:serviceaccount/account:Account":
             state["email"] = f"{state['accountId']}@{PLACEHOLDER_PROJECT}.iam.gserviceaccount.com"
+        elif args.typ == "random:index/randomBytes:RandomBytes":
+            # Secret; known, so the steps that carry it on stdin can still be named by their script.
+            state["hex"] = PLACEHOLDER_RANDOM_HEX[: 2 * int(state["length"])]
+            state["base64"] = ""
         elif args.typ == "tls:index/privateKey:PrivateKey":
             # Secret in every output; known, so the SSH connections (and their hosts) are too.
             state["privateKeyOpenssh"] = PLACEHOLDER_PRIVATE_KEY
@@ -423,7 +439,14 @@ def _scripts_by_stdin() -> dict[str, str]:
 
 
 def script_of(stdin: Any) -> str | None:
-    """Which node script a command sends on stdin (None when stdin is secret or not a script)."""
+    """Which node script a command sends on stdin (None when it is not a script, or unknown in a
+    preview). A secret stdin is the script behind one line of secret arguments: the plan reads
+    which script follows that line, never the line itself."""
+    if isinstance(stdin, dict) and stdin.get(SECRET_SIG) == SECRET_VALUE:
+        value = stdin.get("value")
+        if not isinstance(value, str) or not value.startswith(SECRET_ARGS_PREFIX) or "\n" not in value:
+            return None
+        stdin = value.split("\n", 1)[1]
     return _scripts_by_stdin().get(stdin) if isinstance(stdin, str) else None
 
 
@@ -453,8 +476,9 @@ def node_commands(graph: Graph, node_by_address: Mapping[str, str]) -> dict[str,
         node = node_by_address.get(host, host)
         stdin = raw.get("stdin")
         secret_stdin = isinstance(stdin, dict) and stdin.get(SECRET_SIG) == SECRET_VALUE
-        script = None if secret_stdin else script_of(stdin)
-        args = _args(raw.get("create"))
+        script = script_of(stdin)
+        # A removal step runs nothing on create (and connects only when it is deleted).
+        args = _args(raw["create"]) if "create" in raw else NOTHING_ON_CREATE
         delete = _args(raw.get("delete")) if "delete" in raw else None
         command = NodeCommand(r.name, script, args, delete, secret_stdin, {})
         if script is not None:

@@ -105,6 +105,8 @@ def test_no_secret_reaches_any_plan_file(stack):
         assert "placeholder\n-----END" not in text, name
         # A bootstrap token looks like abcdef.0123456789abcdef.
         assert not re.search(r"\b[a-z0-9]{6}\.[a-z0-9]{16}\b", text), name
+        # The certificate key (the plan's stand-in for it) travels only on secret stdin.
+        assert plan.PLACEHOLDER_RANDOM_HEX[:16] not in text, name
     steps = "\n".join(text for name, text in files_of(stack).items() if name.endswith("steps.md"))
     if made(stack).graph.program.of_type("gcp:compute/instance:Instance")[1:]:
         assert "travel on stdin as a secret: [secret]" in steps  # the join carries its token there
@@ -269,6 +271,8 @@ def test_each_node_runs_its_own_steps_and_the_control_plane_runs_the_clusters():
     nodes = made("staging").nodes
     assert set(nodes) == {
         "kata-mesh-staging-cp-0",
+        "kata-mesh-staging-cp-1",
+        "kata-mesh-staging-cp-2",
         "kata-mesh-staging-worker-0",
         "kata-mesh-staging-worker-1",
     }
@@ -283,6 +287,9 @@ def test_each_node_runs_its_own_steps_and_the_control_plane_runs_the_clusters():
         ], node
         if node.endswith("cp-0"):
             assert "50-kubeadm-init.sh" in scripts and "96-mesh-facts.sh" in scripts
+            # Every other node's token is made here; the certificate key rides on stdin.
+            tokens = [c for c in commands if c.script == "60-join-token.sh"]
+            assert len(tokens) == 4 and sum(c.secret_stdin for c in tokens) == 2
         else:
             assert "50-kubeadm-init.sh" not in scripts
             joins = [c for c in commands if c.resource == f"{node}-join"]
