@@ -8,6 +8,9 @@ call (PATH-injected, ahead of the real tools): systemctl, modprobe, sysctl, swap
 apt-mark, dpkg-query, gpg, cloud-init, kubeadm, kubectl. Everything else is real: bash, coreutils,
 curl (against the test's own server on 127.0.0.1), tar, zstd, sha256sum, openssl, jq. The CPU
 flags (/proc/cpuinfo) and /dev/kvm are the test's to choose.
+
+A control plane's etcd (Sandbox.use_etcd): crictl is a stand-in that finds an etcd container and,
+for `crictl exec ID etcdctl ...`, runs the real etcdctl against the test's real etcd cluster.
 """
 
 from __future__ import annotations
@@ -79,6 +82,28 @@ DEFAULT_BEHAVIOUR = {
     "kubectl": "exit 0\n",
 }
 
+# crictl on a control plane (Sandbox.use_etcd): `ps --name ^etcd$` finds the etcd container;
+# `exec ID etcdctl ARGS` runs the real etcdctl with ARGS, only the local member's endpoint
+# (https://127.0.0.1:2379, where kubeadm's etcd listens) swapped for the test cluster's member.
+ETCD_CONTAINER_ID = "3f0c1d2e4b5a69788796a5b4c3d2e1f0"
+CRICTL_ETCD = f"""container={ETCD_CONTAINER_ID}
+case "${{1:-}}" in
+  ps) [[ " $* " == *" --name ^etcd$ "* ]] && echo "$container"; exit 0 ;;
+  exec)
+    [[ ${{2:-}} == "$container" ]] || {{ echo "crictl: container \"${{2:-}}\" not found" >&2; exit 1; }}
+    [[ ${{3:-}} == etcdctl ]] || {{ echo "crictl stand-in: the etcd container only runs etcdctl here" >&2; exit 1; }}
+    shift 3
+    args=()
+    for arg in "$@"; do
+      [[ $arg == --endpoints=https://127.0.0.1:2379 ]] && arg=--endpoints=$(<"$state/etcd-endpoint")
+      args+=("$arg")
+    done
+    ETCDCTL_API=3 exec etcdctl "${{args[@]}}" ;;
+esac
+echo "crictl stand-in: unexpected call: crictl $*" >&2
+exit 1
+"""
+
 
 @dataclass
 class Result:
@@ -114,6 +139,16 @@ class Sandbox:
         path = self.state / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(content)
+
+    def use_etcd(self, client_url: str, ca_cert: str, client_cert: str, client_key: str) -> None:
+        """A control plane whose local etcd member is the test's real one at client_url: kubeadm's
+        etcd CA and healthcheck-client certificate (the test's) are where kubeadm puts them, and
+        crictl runs etcdctl against it (CRICTL_ETCD)."""
+        self.seed("/etc/kubernetes/pki/etcd/ca.crt", ca_cert)
+        self.seed("/etc/kubernetes/pki/etcd/healthcheck-client.crt", client_cert)
+        self.seed("/etc/kubernetes/pki/etcd/healthcheck-client.key", client_key, 0o600)
+        self.set_state("etcd-endpoint", client_url)
+        self.behaviour["crictl"] = CRICTL_ETCD
 
     def calls(self) -> list[str]:
         return (self.base / "km" / "calls.log").read_text().splitlines()

@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# cp-0, when a control plane leaves the settings (controlPlaneCount lowered): takes it out of the
+# cluster without breaking etcd. Stacked etcd has one member per control plane (named after its
+# node); a VM deleted while still a member counts against etcd's quorum forever. So, before
+# touching anything, this checks that the members that remain would keep a quorum of healthy
+# members, and that going below 3 members (which tolerate no member failure) was allowed
+# (allowControlPlaneShrink, written to --policy-file by 55-control-plane-policy.sh); then it drains
+# the Node (best effort), removes the etcd member and deletes the Node. At `pulumi destroy` the
+# policy says `destroying` and this leaves everything as it is: the whole cluster is going.
+# A second run finds no member and no Node, and succeeds.
+set -euo pipefail
+if ! declare -F km_parse_args >/dev/null; then
+  # shellcheck source=lib.sh
+  . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+fi
+
+arg_node_name=""
+arg_policy_file=""
+arg_timeout_seconds=""
+km_parse_args "$@"
+km_require_args node_name policy_file timeout_seconds
+[[ $arg_timeout_seconds =~ ^[1-9][0-9]*$ ]] ||
+  km_die "--timeout-seconds must be a whole number of seconds, not: $arg_timeout_seconds"
+export KUBECONFIG=/etc/kubernetes/admin.conf
+name=$arg_node_name
+timeout=$arg_timeout_seconds
+
+# 1. The policy: only `shrink=allowed` allows going below 3 members; no file, or anything else,
+# refuses it.
+policy=refused
+if [[ -f $arg_policy_file ]]; then
+  case $(<"$arg_policy_file") in
+    shrink=destroying)
+      km_log "the stack is being destroyed: leaving $name, etcd and the Node as they are"
+      exit 0
+      ;;
+    shrink=allowed) policy=allowed ;;
+  esac
+  km_log "shrink policy ($arg_policy_file): $policy"
+else
+  km_log "no shrink policy at $arg_policy_file: going below 3 control planes is refused"
+fi
+[[ -f $KUBECONFIG ]] || km_die "no $KUBECONFIG on this node (is it cp-0?); nothing was changed"
+
+# Removals of several control planes (5 -> 3) may run at once: one at a time, each one checking
+# the membership the previous one left.
+mkdir -p /run/lock
+exec 9>>/run/lock/kata-mesh-remove-control-plane
+flock -w 900 9 || km_die "another control plane removal is still running after 900s; nothing was changed"
+
+# 2. etcd's membership. `member list -w simple` prints the IDs in hex (its JSON holds them as
+# 64-bit integers, which jq would round) and one line per member:
+#   ID, STATUS, NAME, PEER ADDRS, CLIENT ADDRS, IS LEARNER
+# with the URLs of a field separated by "," alone. An unstarted member has no name and no client
+# URLs yet; a learner does not vote, so it counts for neither the quorum nor the survivors.
+members=$(km_etcdctl member list -w simple) ||
+  km_die "could not list etcd's members; nothing was changed"
+member_id=""
+member_is_learner=false
+survivors=()
+declare -A survivor_urls=()
+voters=0
+while IFS='|' read -r id _ member_name _ client_urls is_learner; do
+  [[ -n $id ]] || continue
+  if [[ -n $member_name && $member_name == "$name" ]]; then
+    member_id=$id
+    [[ $is_learner == true ]] && member_is_learner=true
+  fi
+  [[ $is_learner == true ]] && continue
+  voters=$((voters + 1))
+  [[ -n $member_name && $member_name == "$name" ]] && continue
+  label=${member_name:-"unstarted member $id"}
+  survivors+=("$label")
+  survivor_urls[$label]=$client_urls
+done <<<"${members//, /|}"
+
+# 3. The guard, before anything changes.
+if [[ -z $member_id ]]; then
+  km_log "$name is not an etcd member; leaving etcd as it is"
+elif $member_is_learner; then
+  km_log "$name is an etcd learner: it does not vote, so removing it leaves the quorum as it is"
+else
+  # Health of every member's client URLs; exits non-zero when one is unhealthy, printing the JSON
+  # all the same. A survivor is healthy when one of its client URLs is.
+  health=$(km_etcdctl endpoint health --cluster -w json 2>/dev/null) || true
+  jq -e 'type == "array"' <<<"$health" >/dev/null 2>&1 ||
+    km_die "could not read etcd's endpoint health (etcdctl printed: ${health:-nothing}); nothing was changed"
+  healthy_urls=$(jq -r '.[] | select(.health == true) | .endpoint' <<<"$health")
+  unhealthy=()
+  for label in "${survivors[@]}"; do
+    up=false
+    IFS=, read -ra urls <<<"${survivor_urls[$label]}"
+    for url in "${urls[@]}"; do
+      grep -qxF -- "$url" <<<"$healthy_urls" && up=true
+    done
+    $up || unhealthy+=("$label")
+  done
+  remaining=${#survivors[@]}
+  healthy=$((remaining - ${#unhealthy[@]}))
+  quorum=$((remaining / 2 + 1))
+  km_log "etcd: $voters voting members; without $name, $healthy of $remaining healthy (quorum $quorum)"
+  if ((healthy < quorum)); then
+    km_die "removing $name from etcd would leave it without quorum: of the $remaining members that would remain, $healthy healthy where $quorum are needed; unhealthy: ${unhealthy[*]}. Bring them back first, then run pulumi up again; nothing was changed"
+  fi
+  if ((voters >= 3 && remaining < 3)) && [[ $policy != allowed ]]; then
+    km_die "removing $name would leave etcd with $remaining member(s), which tolerate no member failure: one control plane down would stop the cluster. To go below 3 control planes anyway: pulumi config set allowControlPlaneShrink true, then pulumi up again; or keep controlPlaneCount as it was; nothing was changed"
+  fi
+fi
+
+# 4. Drain (best effort, bounded), leave etcd, delete the Node.
+km_log "draining $name"
+timeout "$timeout" kubectl drain "$name" --ignore-daemonsets --delete-emptydir-data --force \
+  --timeout="${timeout}s" ||
+  km_log "drain of $name did not finish; removing it anyway"
+if [[ -n $member_id ]]; then
+  km_log "removing $name (member $member_id) from etcd"
+  km_etcdctl member remove "$member_id" >&2 ||
+    km_die "could not remove $name (member $member_id) from etcd; run pulumi up again"
+fi
+km_log "deleting Node $name"
+timeout "$timeout" kubectl delete node "$name" --ignore-not-found ||
+  km_die "could not delete Node $name (it is out of etcd already); run pulumi up again, or kubectl delete node $name"
+km_log "$name is out of the control plane"
