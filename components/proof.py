@@ -1,5 +1,7 @@
 """The proof after every deploy: httpbin runs 2/2 with its sidecar, inside a Kata VM, and answers
-in-mesh over mutual TLS; and what Kata costs beside runc. Fails the deploy otherwise."""
+in-mesh over mutual TLS; and what Kata costs beside runc. With 3 or more control planes, also that
+the control plane is highly available (every control-plane Node Ready, one healthy etcd member
+each, the API answering through the load balancer). Fails the deploy otherwise."""
 
 from __future__ import annotations
 
@@ -13,11 +15,43 @@ import pulumi_command as command
 from components import versions
 from components.node_provisioning import NodeStep, b64, remote_step, ssh_connection
 from components.nodes import NodeVm
-from components.verification import verify
+from components.verification import HaEvidence, verify
 from components.workloads import HTTPBIN_PORT
 
 CGROUP_ROOT = "/sys/fs/cgroup/kubepods.slice"
 ROLLOUT_TIMEOUT_SECONDS = 600
+# The HA section runs from this many control planes on (1 has no HA to prove).
+HA_MIN_CONTROL_PLANES = 3
+# The cluster's CA, written by kubeadm on every node that joined: the API probe trusts only it.
+CLUSTER_CA = "/etc/kubernetes/pki/ca.crt"
+# Bounded waits: 94-ha-facts.sh gathers again 10 s apart, 93-api-probe.sh asks again 5 s apart.
+HA_FACTS_ATTEMPTS = 18
+API_PROBE_ATTEMPTS = 24
+
+
+def ha_facts_step(control_planes: Sequence[str]) -> NodeStep:
+    """94-ha-facts.sh on the first control plane: the control-plane Nodes, etcd's members and
+    their health, for these control planes (node names, which are also etcd's member names)."""
+    return NodeStep(
+        "ha-facts",
+        "94-ha-facts.sh",
+        (("control-planes", " ".join(control_planes)), ("attempts", str(HA_FACTS_ATTEMPTS))),
+    )
+
+
+def api_probe_step(endpoint: str, through_load_balancer: bool) -> NodeStep:
+    """93-api-probe.sh: /readyz at the control-plane endpoint (host:port), trusting only the
+    cluster's CA; through_load_balancer says whether the probing node is not a backend."""
+    return NodeStep(
+        "api-probe",
+        "93-api-probe.sh",
+        (
+            ("endpoint", endpoint),
+            ("ca-cert", CLUSTER_CA),
+            ("through-load-balancer", "true" if through_load_balancer else "false"),
+            ("attempts", str(API_PROBE_ATTEMPTS)),
+        ),
+    )
 
 
 @dataclass(frozen=True)
@@ -34,6 +68,14 @@ class ProofArgs:
     app_fingerprint: str
     # Any new value re-runs the proof on an unchanged stack.
     run_id: str
+    # Every control plane, the first (control_plane) first. With 3 or more, the proof gains its
+    # HA section; their node names are also their etcd member names.
+    control_planes: Sequence[NodeVm]
+    # host:port of the control-plane endpoint (the load balancer's address), probed for /readyz.
+    api_endpoint: pulumi.Input[str]
+    # The node that probes api_endpoint: the first worker, or the first control plane when there
+    # are no workers (a control plane is answered by itself, not through the load balancer).
+    probe_node: NodeVm
 
 
 class Proof(pulumi.ComponentResource):
@@ -79,11 +121,20 @@ class Proof(pulumi.ComponentResource):
             for vm in args.nodes
         ]
 
-        def judge(outputs: list[str]) -> dict:
-            facts_doc, *node_docs = (json.loads(text) for text in outputs)
-            return verify(facts_doc, node_docs, args.app, args.runc_twin).as_dict()
+        ha_steps = self._ha_steps(name, args, cp_connection, facts, triggers)
+        control_plane_names = [vm.node_name for vm in args.control_planes]
 
-        self.report = pulumi.Output.all(facts.stdout, *(e.stdout for e in evidence)).apply(judge)
+        def judge(outputs: list[str]) -> dict:
+            facts_doc, *docs = (json.loads(text) for text in outputs)
+            ha = None
+            if ha_steps:
+                *docs, ha_facts, probe = docs
+                ha = HaEvidence(ha_facts, probe, control_plane_names)
+            return verify(facts_doc, docs, args.app, args.runc_twin, ha).as_dict()
+
+        self.report = pulumi.Output.all(
+            facts.stdout, *(e.stdout for e in evidence), *(s.stdout for s in ha_steps)
+        ).apply(judge)
         gate_args = self.report.apply(
             lambda report: (
                 ("report-b64", b64(json.dumps(report, indent=2))),
@@ -94,8 +145,46 @@ class Proof(pulumi.ComponentResource):
             f"{name}-verdict",
             NodeStep("verdict", "97-verdict.sh", ()),
             cp_connection,
-            pulumi.ResourceOptions(parent=self, depends_on=evidence),
+            pulumi.ResourceOptions(parent=self, depends_on=[*evidence, *ha_steps]),
             extra_triggers=triggers,
             args=gate_args,
         )
         self.register_outputs({"report": self.report})
+
+    def _ha_steps(
+        self,
+        name: str,
+        args: ProofArgs,
+        cp_connection: command.remote.ConnectionArgs,
+        facts: command.remote.Command,
+        triggers: list[str],
+    ) -> list[command.remote.Command]:
+        """With 3 or more control planes: the HA facts from the first control plane and the API
+        probe through the load balancer, after the mesh facts (none otherwise). A control plane
+        added or replaced runs them again."""
+        if len(args.control_planes) < HA_MIN_CONTROL_PLANES:
+            return []
+        names = [vm.node_name for vm in args.control_planes]
+        # Scaled (new names) or a control plane's VM replaced (new instance id): gathered again.
+        ha_triggers: list[pulumi.Input[str]] = [
+            *triggers,
+            " ".join(names),
+            *(vm.instance_id for vm in args.control_planes),
+        ]
+        opts = pulumi.ResourceOptions(parent=self, depends_on=[facts])
+        ha_facts = remote_step(
+            f"{name}-ha-facts", ha_facts_step(names), cp_connection, opts, extra_triggers=ha_triggers
+        )
+        through_load_balancer = args.probe_node.node_name not in names
+        # The endpoint is known only once the load balancer's address exists; the script is not.
+        probe = remote_step(
+            f"{args.probe_node.node_name}-api-probe",
+            api_probe_step("", through_load_balancer),
+            ssh_connection(args.probe_node.external_ip, args.admin_user, args.private_key),
+            opts,
+            extra_triggers=ha_triggers,
+            args=pulumi.Output.from_input(args.api_endpoint).apply(
+                lambda endpoint: api_probe_step(endpoint, through_load_balancer).args
+            ),
+        )
+        return [ha_facts, probe]

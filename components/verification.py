@@ -1,7 +1,10 @@
 """Judging the proof: is httpbin Running 2/2 with its sidecar, in a Kata VM, answering over mTLS?
+And, with 3 or more control planes, is the control plane highly available: every control-plane
+Node Ready, one healthy etcd member per control plane, the API answering through the load balancer?
 
 Pure functions over what the verification scripts gather (kubectl and crictl JSON, `ps` output,
-the in-mesh request), so every verdict can be tested on recorded samples.
+the in-mesh request, etcdctl's member list and health, the API's /readyz), so every verdict can be
+tested on recorded samples.
 """
 
 from __future__ import annotations
@@ -167,8 +170,15 @@ def _runtime_details(
     }
 
 
-def verify(facts: dict, evidence: Sequence[dict], app: str, runc_twin: str | None) -> Report:
-    """Every check of the proof; the report carries the measurements of Kata beside runc."""
+def verify(
+    facts: dict,
+    evidence: Sequence[dict],
+    app: str,
+    runc_twin: str | None,
+    ha: HaEvidence | None = None,
+) -> Report:
+    """Every check of the proof; the report carries the measurements of Kata beside runc, and,
+    with 3 or more control planes (`ha`), the HA checks under "ha" (null otherwise)."""
     report = Report()
     report.details["kata"] = _runtime_details(report, app, facts, evidence, want_kata=True)
     report.details["runc"] = (
@@ -192,4 +202,166 @@ def verify(facts: dict, evidence: Sequence[dict], app: str, runc_twin: str | Non
         report.problems.append(
             f"the request reached {app} without mutual TLS (no X-Forwarded-Client-Cert with a SPIFFE identity)"
         )
+    report.details["ha"] = None
+    if ha is not None:
+        ha_report = verify_ha(ha.facts, ha.probe, ha.control_planes)
+        report.problems.extend(ha_report.problems)
+        report.details["ha"] = ha_report.details
+    return report
+
+
+# --- The highly available control plane (3 or more control planes) ------------------------------
+
+READYZ_ANSWER = "ok"
+# curl's exit codes for a TLS handshake or certificate it refused (or a CA file it could not read).
+CURL_TLS_EXITS = (35, 51, 58, 60, 77, 83, 90, 91)
+
+
+@dataclass(frozen=True)
+class HaEvidence:
+    """What the HA steps gathered: 94-ha-facts.sh on the first control plane, 93-api-probe.sh on
+    the probing node, and the control planes the stack has (their Node and etcd member names)."""
+
+    facts: dict
+    probe: dict
+    control_planes: Sequence[str]
+
+
+def _part(facts: dict, key: str) -> tuple[list[dict], str | None]:
+    part = facts.get(key) or {}
+    return list(part.get("items") or []), part.get("error")
+
+
+def _ha_nodes(report: Report, facts: dict, expected: Sequence[str]) -> list[dict]:
+    items, error = _part(facts, "nodes")
+    if error:
+        report.problems.append(f"could not list the control-plane Nodes: {error}")
+    found = {item.get("name"): item for item in items}
+    nodes = []
+    for name in expected:
+        item = found.get(name)
+        ready = item.get("ready", "Unknown") if item else None
+        nodes.append({"name": name, "ready": ready})
+        if item is None:
+            if not error:
+                report.problems.append(f"control plane {name} has no Node: it never registered")
+        elif ready != "True":
+            why = ": ".join(part for part in (item.get("reason"), item.get("message")) if part)
+            report.problems.append(
+                f"control-plane Node {name} is not Ready (Ready={ready}{', ' + why if why else ''})"
+            )
+    for name in found:
+        if name not in expected:
+            report.problems.append(
+                f"Node {name} has the control-plane role but is not one of the stack's control planes"
+            )
+    return nodes
+
+
+def _member_health(member: dict, answers: list[dict]) -> tuple[bool | None, str]:
+    """(healthy, why not) from `endpoint health --cluster`'s answers for the member's client URLs;
+    None when no answer was for it."""
+    mine = [a for a in answers if a.get("endpoint") in member.get("clientURLs", [])]
+    if not mine:
+        return None, ""
+    failed = [a for a in mine if a.get("health") is not True]
+    why = "; ".join(f"{a.get('endpoint')}: {a.get('error') or 'unhealthy'}" for a in failed)
+    return not failed, why
+
+
+def _ha_members(report: Report, facts: dict, expected: Sequence[str]) -> list[dict]:
+    members, error = _part(facts, "members")
+    answers, health_error = _part(facts, "health")
+    if error:
+        report.problems.append(f"could not list etcd's members: {error}")
+        return []
+    if len(members) != len(expected):
+        report.problems.append(
+            f"etcd has {len(members)} members, expected {len(expected)} (one per control plane)"
+        )
+    if health_error and not answers:
+        report.problems.append(f"could not check etcd's health: {health_error}")
+    names = {m.get("name") for m in members}
+    for name in expected:
+        if name not in names:
+            report.problems.append(f"control plane {name} has no etcd member")
+    details = []
+    for member in members:
+        name, member_id = member.get("name") or "", member.get("id")
+        healthy, why = _member_health(member, answers)
+        details.append(
+            {
+                "name": name,
+                "id": member_id,
+                "status": member.get("status"),
+                "isLearner": member.get("isLearner", False),
+                "clientURLs": member.get("clientURLs", []),
+                "healthy": healthy,
+            }
+        )
+        if member.get("status") != "started":
+            peers = ", ".join(member.get("peerURLs", []))
+            report.problems.append(
+                f"etcd member {member_id} (peer {peers}) was added but never started: "
+                "a control plane's join stopped half-way"
+            )
+            continue
+        label = f"{name} ({member_id})"
+        if name not in expected:
+            report.problems.append(f"etcd member {label} is not one of the stack's control planes")
+        if member.get("isLearner"):
+            report.problems.append(f"etcd member {label} is still a learner, not a voting member")
+        if healthy is False:
+            report.problems.append(f"etcd member {label} is unhealthy: {why}")
+        elif healthy is None and answers:
+            report.problems.append(f"etcd member {label} gave no answer to the health check")
+    return details
+
+
+def _ha_api(report: Report, probe: dict) -> dict[str, Any]:
+    endpoint, origin = probe.get("endpoint"), probe.get("from")
+    status, body = probe.get("status"), str(probe.get("body") or "")
+    answer = {
+        "endpoint": endpoint,
+        "from": origin,
+        "throughLoadBalancer": probe.get("throughLoadBalancer"),
+        "status": status,
+        "body": body.strip(),
+        "attempts": probe.get("attempts"),
+    }
+    if status == 200 and body.strip() == READYZ_ANSWER:
+        return answer
+    where = f"through {endpoint} from {origin}"
+    if not status:
+        code, error = probe.get("curlExit"), probe.get("error") or "no answer"
+        problem = f"the API did not answer {where}: {error} (curl exit {code})"
+        if code in CURL_TLS_EXITS:
+            problem += (
+                "; the API server's certificate was refused with the cluster's CA: "
+                f"is {endpoint} one of its addresses (SANs)?"
+            )
+    else:
+        # A failing /readyz lists its checks, the failed ones as "[-]NAME failed: ...".
+        lines = body.strip().splitlines()
+        said = "; ".join(line for line in lines if line.startswith("[-]")) or (lines[-1] if lines else "")
+        problem = f"the API answered {status} {said!r} {where}, not 200 {READYZ_ANSWER!r}"
+    report.problems.append(problem)
+    return answer
+
+
+def verify_ha(facts: dict, probe: dict, control_planes: Sequence[str]) -> Report:
+    """The HA checks: every control plane's Node Ready, one started, healthy, voting etcd member
+    per control plane and no other, and /readyz answering `ok` through the load balancer."""
+    report = Report()
+    nodes = _ha_nodes(report, facts, control_planes)
+    members = _ha_members(report, facts, control_planes)
+    report.details = {
+        "controlPlanes": len(control_planes),
+        "nodesReady": sum(1 for n in nodes if n["ready"] == "True"),
+        "nodes": nodes,
+        "etcdMembers": len(members),
+        "etcdHealthy": sum(1 for m in members if m["healthy"] is True),
+        "members": members,
+        "api": _ha_api(report, probe),
+    }
     return report

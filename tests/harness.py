@@ -226,6 +226,29 @@ class KataMeshMocks(pulumi_mocks.Mocks):
             return json.dumps(sample_evidence(name.removesuffix("-kata-evidence")))
         if name.endswith("-mesh-facts"):
             return json.dumps(sample_facts(f"kata-mesh-{stack}-worker-0"))
+        if name.endswith("-ha-facts"):
+            # What 94-ha-facts.sh printed on real etcdctl output (tests/samples/ha, tests/samples/etcd),
+            # its dev-stack names swapped for the stack's control planes.
+            control_planes = command_args(text("create"))["--control-planes"].split()
+            doc = (SAMPLES.parent / "ha" / f"ha-facts-{len(control_planes)}.json").read_text()
+            for index, node in enumerate(control_planes):
+                doc = doc.replace(f'"kata-mesh-dev-cp-{index}"', json.dumps(node))
+            return doc
+        if name.endswith("-api-probe"):
+            given = command_args(text("create"))
+            return json.dumps(
+                {
+                    "endpoint": given["--endpoint"],
+                    "url": f"https://{given['--endpoint']}/readyz",
+                    "status": 200,
+                    "body": "ok",
+                    "curlExit": 0,
+                    "error": "",
+                    "from": name.removesuffix("-api-probe"),
+                    "throughLoadBalancer": given["--through-load-balancer"] == "true",
+                    "attempts": 1,
+                }
+            )
         return ""
 
     def call(self, args: pulumi_mocks.MockCallArgs) -> tuple[dict, list[tuple[str, str]]]:
