@@ -218,7 +218,9 @@ class KataMeshMocks(pulumi_mocks.Mocks):
             return value.get("value", "") if isinstance(value, dict) else value
 
         if "kubeadm token create" in text("stdin"):
-            return f"kubeadm join 10.10.0.2:6443 --token {MOCK_TOKEN} --discovery-token-ca-cert-hash {MOCK_CA_HASH} \n"
+            # kubeadm prints the controlPlaneEndpoint: the load balancer's address.
+            api = _fake_ip("192.0.2", f"kata-mesh-{pulumi.get_stack()}-api")
+            return f"kubeadm join {api}:6443 --token {MOCK_TOKEN} --discovery-token-ca-cert-hash {MOCK_CA_HASH} \n"
         if text("create").endswith("cat /etc/kubernetes/admin.conf"):
             return MOCK_ADMIN_CONF
         stack = pulumi.get_stack()
