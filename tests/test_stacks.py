@@ -43,6 +43,11 @@ def expected_workers(stack: str) -> int:
     return int(stack_file(stack).get(f"{PROJECT}:workerCount", declared))
 
 
+def expected_control_planes(stack: str) -> int:
+    declared = yaml.safe_load((ROOT / "Pulumi.yaml").read_text())["config"]["controlPlaneCount"]["default"]
+    return int(stack_file(stack).get(f"{PROJECT}:controlPlaneCount", declared))
+
+
 def test_there_is_a_stack_per_environment():
     assert STACKS == ["dev", "prod", "staging"]
 
@@ -51,7 +56,7 @@ def test_there_is_a_stack_per_environment():
 @pytest.mark.parametrize("stack", STACKS)
 def test_every_vm_is_an_intel_ubuntu_vm_with_nested_virtualization(stack, preview):
     instances = run(stack, preview).of_type(INSTANCE)
-    assert len(instances) == 1 + expected_workers(stack)
+    assert len(instances) == expected_control_planes(stack) + expected_workers(stack)
     for vm in instances:
         inputs = vm.inputs
         assert inputs["advancedMachineFeatures"]["enableNestedVirtualization"] is True
@@ -67,7 +72,14 @@ def test_every_vm_is_an_intel_ubuntu_vm_with_nested_virtualization(stack, previe
 @pytest.mark.parametrize("stack", STACKS)
 def test_firewall_opens_exactly_the_configured_cidrs_and_ports(stack, preview):
     rules = {r.name: r.inputs for r in run(stack, preview).of_type(FIREWALL)}
-    expected = {"network-allow-internal", "network-allow-ssh", "network-allow-api"}
+    # The API load balancer's own rules (nodes, health checks) are checked in test_ha.py.
+    expected = {
+        "network-allow-internal",
+        "network-allow-ssh",
+        "network-allow-api",
+        "api-allow-nodes",
+        "api-allow-health-checks",
+    }
     if stack_file(stack).get(f"{PROJECT}:ingressGateway"):
         expected.add("network-allow-gateway")
         gateway = rules["network-allow-gateway"]
@@ -93,7 +105,9 @@ def test_firewall_opens_exactly_the_configured_cidrs_and_ports(stack, preview):
 
     for rule in rules.values():
         assert rule["direction"] == "INGRESS"
-        assert "0.0.0.0/0" not in rule.get("sourceRanges", [])
+        ranges = rule.get("sourceRanges", [])
+        # The nodes' addresses are known only after deploy.
+        assert not isinstance(ranges, list) or "0.0.0.0/0" not in ranges
 
 
 @pytest.mark.parametrize("preview", MODES)
@@ -139,7 +153,8 @@ def test_the_stack_declares_network_subnet_key_and_vms(stack):
     assert vpc.urn in subnet.dependencies
     names = sorted(r.inputs["name"] for r in program.of_type(INSTANCE))
     workers = [f"kata-mesh-{stack}-worker-{i}" for i in range(expected_workers(stack))]
-    assert names == sorted([f"kata-mesh-{stack}-cp-0", *workers])
+    control_planes = [f"kata-mesh-{stack}-cp-{i}" for i in range(expected_control_planes(stack))]
+    assert names == sorted([*control_planes, *workers])
 
 
 def test_dev_is_one_control_plane_and_one_worker_on_spot_vms():
