@@ -6,8 +6,7 @@ from components.api_endpoint import ApiEndpoint, ApiEndpointArgs
 from components.bookinfo import Bookinfo, BookinfoArgs
 from components.cluster import ClusterArgs, KubeadmCluster
 from components.mesh import IstioMesh, MeshArgs
-from components.network import API_PORT
-from components.network import Network, NetworkArgs
+from components.network import API_PORT, Network, NetworkArgs
 from components.node_provisioning import NodeProvisioning, NodeProvisioningArgs, ProvisioningSpec, node_steps
 from components.nodes import ClusterNodes, ClusterNodesArgs, MachineSpec
 from components.proof import Proof, ProofArgs

@@ -197,9 +197,13 @@ class KataMeshMocks(pulumi_mocks.Mocks):
             nics[0]["networkIp"] = _fake_ip("10.10.0", name)
             state["networkInterfaces"] = nics
             state["instanceId"] = str(int(hashlib.sha256(name.encode()).hexdigest(), 16) % 10**12)
-            state["selfLink"] = f"{COMPUTE_API}/projects/kata-mesh-test/zones/{state['zone']}/instances/{name}"
+            state["selfLink"] = (
+                f"{COMPUTE_API}/projects/kata-mesh-test/zones/{state['zone']}/instances/{name}"
+            )
         elif args.typ == "gcp:compute/instanceGroup:InstanceGroup":
-            state["selfLink"] = f"{COMPUTE_API}/projects/kata-mesh-test/zones/{state['zone']}/instanceGroups/{name}"
+            state["selfLink"] = (
+                f"{COMPUTE_API}/projects/kata-mesh-test/zones/{state['zone']}/instanceGroups/{name}"
+            )
         elif args.typ == "gcp:serviceaccount/account:Account":
             state["email"] = f"{state['accountId']}@kata-mesh-test.iam.gserviceaccount.com"
         elif args.typ == "command:remote:Command":

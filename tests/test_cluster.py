@@ -94,7 +94,11 @@ def test_workers_join_in_parallel_each_with_its_own_token(stack):
             for registration in (command(program, f"{other}-join"), command(program, f"{other}-join-token")):
                 assert not mine & set(registration.dependencies), f"{other} waits for {worker}"
         token = command(program, f"{worker}-join-token")
-        assert args_of(token.inputs["create"]) == {"--node-name": worker, "--ttl": "1h", "--control-plane": "false"}
+        assert args_of(token.inputs["create"]) == {
+            "--node-name": worker,
+            "--ttl": "1h",
+            "--control-plane": "false",
+        }
         assert "kubeadm token create" in token.inputs["stdin"]
         assert "stdout" in token.additional_secret_outputs
         assert token.inputs["logging"] == "stderr"
