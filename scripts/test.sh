@@ -68,4 +68,4 @@ echo "== pytest -m vm"
 if ((EUID == 0)); then
   bash tests/vm/build.sh
 fi
-venv/bin/python -m pytest -m vm
+venv/bin/python -m pytest -m vm -n 0

@@ -29,7 +29,7 @@ ETCDCTL = (
     " --key=/etc/kubernetes/pki/etcd/healthcheck-client.key "
 )
 MEMBER_LIST = "etcdctl member list -w simple"
-HEALTH = "etcdctl endpoint health --cluster -w json"
+HEALTH = "etcdctl endpoint health --cluster -w json --command-timeout=3s"
 
 
 def drain(name: str = "cp-2") -> str:

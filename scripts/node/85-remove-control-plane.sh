@@ -81,8 +81,9 @@ elif $member_is_learner; then
   km_log "$name is an etcd learner: it does not vote, so removing it leaves the quorum as it is"
 else
   # Health of every member's client URLs; exits non-zero when one is unhealthy, printing the JSON
-  # all the same. A survivor is healthy when one of its client URLs is.
-  health=$(km_etcdctl endpoint health --cluster -w json 2>/dev/null) || true
+  # all the same. A survivor is healthy when one of its client URLs is; one that cannot commit a
+  # read within 3 s (etcdctl's default is 5) is not one to count on for a quorum.
+  health=$(km_etcdctl endpoint health --cluster -w json --command-timeout=3s 2>/dev/null) || true
   jq -e 'type == "array"' <<<"$health" >/dev/null 2>&1 ||
     km_die "could not read etcd's endpoint health (etcdctl printed: ${health:-nothing}); nothing was changed"
   healthy_urls=$(jq -r '.[] | select(.health == true) | .endpoint' <<<"$health")
