@@ -95,6 +95,7 @@ cluster = KubeadmCluster(
         service_cidr=settings.service_cidr,
         endpoint=api.address,
         backend_groups=api.instance_groups,
+        load_balancer=api.forwarding_rule,
         allow_control_plane_shrink=settings.allow_control_plane_shrink,
     ),
 )

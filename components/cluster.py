@@ -53,6 +53,8 @@ class ClusterArgs:
     endpoint: pulumi.Input[str]
     # The load balancer's instance group in each zone; a control plane joins its zone's group.
     backend_groups: Mapping[str, gcp.compute.InstanceGroup]
+    # The load balancer's forwarding rule: once it exists, a backend answers its address itself.
+    load_balancer: pulumi.Resource
     allow_control_plane_shrink: bool
 
 
@@ -109,7 +111,7 @@ class KubeadmCluster(pulumi.ComponentResource):
 
         # cp-0 is a backend before init: `kubeadm init` itself talks to the endpoint, which the
         # guest environment answers on cp-0 itself; nothing else can be behind it yet.
-        first_backend = self._backend(cp, args, [args.provisioned[cp.node_name]])
+        first_backend = self._backend(cp, args, [args.provisioned[cp.node_name], args.load_balancer])
         endpoint = pulumi.Output.from_input(args.endpoint)
         init_args = pulumi.Output.all(cp.internal_ip, endpoint).apply(
             lambda values: (

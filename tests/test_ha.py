@@ -187,6 +187,8 @@ def test_control_planes_join_after_init_become_backends_after_joining_and_before
     urn = {r.name: r.urn for r in program.registrations}
     init, ready = urn["cluster-init"], urn["cluster-nodes-ready"]
     assert urn["kata-mesh-prod-cp-0-api-backend"] in graph.ancestors(init), "cp-0 serves init's calls"
+    # ... through the load balancer's address, which it answers itself once the rule exists.
+    assert urn["api-rule"] in graph.ancestors(urn["kata-mesh-prod-cp-0-api-backend"])
     for cp in ("cp-1", "cp-2"):
         join, backend = urn[f"kata-mesh-prod-{cp}-join"], urn[f"kata-mesh-prod-{cp}-api-backend"]
         assert init in graph.ancestors(join)
