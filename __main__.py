@@ -96,6 +96,7 @@ cluster = KubeadmCluster(
         endpoint=api.address,
         backend_groups=api.instance_groups,
         load_balancer=api.forwarding_rule,
+        api_access=[network.api_firewall, api.node_firewall, api.health_check_firewall],
         allow_control_plane_shrink=settings.allow_control_plane_shrink,
     ),
 )

@@ -55,6 +55,9 @@ class ClusterArgs:
     backend_groups: Mapping[str, gcp.compute.InstanceGroup]
     # The load balancer's forwarding rule: once it exists, a backend answers its address itself.
     load_balancer: pulumi.Resource
+    # The firewall rules that let admins, nodes and health checks reach the API: the cluster
+    # waits for them, so `pulumi destroy` removes them only after everything that uses the API.
+    api_access: Sequence[pulumi.Resource]
     allow_control_plane_shrink: bool
 
 
@@ -111,7 +114,9 @@ class KubeadmCluster(pulumi.ComponentResource):
 
         # cp-0 is a backend before init: `kubeadm init` itself talks to the endpoint, which the
         # guest environment answers on cp-0 itself; nothing else can be behind it yet.
-        first_backend = self._backend(cp, args, [args.provisioned[cp.node_name], args.load_balancer])
+        first_backend = self._backend(
+            cp, args, [args.provisioned[cp.node_name], args.load_balancer, *args.api_access]
+        )
         endpoint = pulumi.Output.from_input(args.endpoint)
         init_args = pulumi.Output.all(cp.internal_ip, endpoint).apply(
             lambda values: (
@@ -207,7 +212,14 @@ class KubeadmCluster(pulumi.ComponentResource):
             zone=vm.zone,
             instance_group=args.backend_groups[vm.zone].name,
             instance=vm.instance.self_link,
-            opts=pulumi.ResourceOptions(parent=self, depends_on=list(after)),
+            opts=pulumi.ResourceOptions(
+                parent=self,
+                depends_on=list(after),
+                # A replaced VM keeps its name (and so its self link), but GCE drops the old VM from
+                # the group: the new one must be added again, after the old entry went.
+                replace_with=[vm.instance],
+                delete_before_replace=True,
+            ),
         )
 
     def _token(
@@ -271,6 +283,7 @@ class KubeadmCluster(pulumi.ComponentResource):
                     ("control-plane", "true"),
                     ("takes-workloads", "true" if takes_workloads else "false"),
                     ("kata-label", KATA_LABEL),
+                    ("token-step", f"{vm.node_name}-join-token"),
                 ),
             ),
             ssh_connection(vm.external_ip, args.admin_user, args.private_key),
@@ -317,7 +330,11 @@ class KubeadmCluster(pulumi.ComponentResource):
         )
         join = remote_step(
             f"{worker.node_name}-join",
-            NodeStep("kubeadm-join", "70-kubeadm-join.sh", (("node-name", worker.node_name),)),
+            NodeStep(
+                "kubeadm-join",
+                "70-kubeadm-join.sh",
+                (("node-name", worker.node_name), ("token-step", f"{worker.node_name}-join-token")),
+            ),
             ssh_connection(worker.external_ip, args.admin_user, args.private_key),
             pulumi.ResourceOptions(parent=self, depends_on=[token, args.provisioned[worker.node_name]]),
             extra_triggers=[worker.instance_id, self.init.id],

@@ -232,6 +232,16 @@ def _part(facts: dict, key: str) -> tuple[list[dict], str | None]:
     return list(part.get("items") or []), part.get("error")
 
 
+def leaving(name: str, expected: Sequence[str]) -> bool:
+    """A control plane of this stack numbered past the ones it keeps (cp-3 and cp-4 when 5 become
+    3): Pulumi removes it, and its etcd member, at the end of the same update, after the proof."""
+    if not expected or name in expected:
+        return False
+    prefix = expected[0].rsplit("-", 1)[0] + "-"
+    index = name.removeprefix(prefix)
+    return name.startswith(prefix) and index.isdigit() and int(index) >= len(expected)
+
+
 def _ha_nodes(report: Report, facts: dict, expected: Sequence[str]) -> list[dict]:
     items, error = _part(facts, "nodes")
     if error:
@@ -251,11 +261,15 @@ def _ha_nodes(report: Report, facts: dict, expected: Sequence[str]) -> list[dict
                 f"control-plane Node {name} is not Ready (Ready={ready}{', ' + why if why else ''})"
             )
     for name in found:
-        if name not in expected:
+        if name not in expected and not leaving(name or "", expected):
             report.problems.append(
                 f"Node {name} has the control-plane role but is not one of the stack's control planes"
             )
     return nodes
+
+
+def _node_names(facts: dict) -> list[str]:
+    return [item.get("name") or "" for item in _part(facts, "nodes")[0]]
 
 
 def _member_health(member: dict, answers: list[dict]) -> tuple[bool | None, str]:
@@ -275,9 +289,10 @@ def _ha_members(report: Report, facts: dict, expected: Sequence[str]) -> list[di
     if error:
         report.problems.append(f"could not list etcd's members: {error}")
         return []
-    if len(members) != len(expected):
+    staying = [m for m in members if not leaving(m.get("name") or "", expected)]
+    if len(staying) != len(expected):
         report.problems.append(
-            f"etcd has {len(members)} members, expected {len(expected)} (one per control plane)"
+            f"etcd has {len(staying)} members, expected {len(expected)} (one per control plane)"
         )
     if health_error and not answers:
         report.problems.append(f"could not check etcd's health: {health_error}")
@@ -307,6 +322,8 @@ def _ha_members(report: Report, facts: dict, expected: Sequence[str]) -> list[di
             )
             continue
         label = f"{name} ({member_id})"
+        if leaving(name, expected):
+            continue
         if name not in expected:
             report.problems.append(f"etcd member {label} is not one of the stack's control planes")
         if member.get("isLearner"):
@@ -362,6 +379,11 @@ def verify_ha(facts: dict, probe: dict, control_planes: Sequence[str]) -> Report
         "etcdMembers": len(members),
         "etcdHealthy": sum(1 for m in members if m["healthy"] is True),
         "members": members,
+        # Removed at the end of this update, after the proof (controlPlaneCount lowered).
+        "leaving": sorted(
+            {m["name"] for m in members if leaving(m["name"], control_planes)}
+            | {name for name in _node_names(facts) if leaving(name, control_planes)}
+        ),
         "api": _ha_api(report, probe),
     }
     return report

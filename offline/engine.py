@@ -85,6 +85,8 @@ class Registration:
     additional_secret_outputs: list[str]
     delete_before_replace: bool
     provider: str
+    # URNs whose replacement replaces this resource too.
+    replace_with: list[str] = field(default_factory=list)
 
 
 class RecordingMonitor(pulumi_mocks.MockMonitor):
@@ -111,6 +113,7 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
                 additional_secret_outputs=list(request.additionalSecretOutputs),
                 delete_before_replace=request.deleteBeforeReplace,
                 provider=request.provider,
+                replace_with=list(request.replace_with),
             )
         )
         return response

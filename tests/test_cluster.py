@@ -109,7 +109,9 @@ def test_join_commands_and_the_kubeconfig_stay_secret():
     for worker in workers(program):
         join = command(program, f"{worker}-join")
         # The token travels on stdin, as a secret, never on the command line that errors print.
-        assert join.inputs["create"] == f"sudo -n bash -s -- --node-name {worker}"
+        assert join.inputs["create"] == (
+            f"sudo -n bash -s -- --node-name {worker} --token-step {worker}-join-token"
+        )
         assert join.raw_inputs["stdin"][SECRET_SIG]
         assert MOCK_TOKEN not in "".join(plain_strings(join.raw_inputs))
         assert MOCK_TOKEN in base64.b64decode(args_of_stdin(join)["--config-b64"]).decode()

@@ -189,6 +189,14 @@ def test_control_planes_join_after_init_become_backends_after_joining_and_before
     assert urn["kata-mesh-prod-cp-0-api-backend"] in graph.ancestors(init), "cp-0 serves init's calls"
     # ... through the load balancer's address, which it answers itself once the rule exists.
     assert urn["api-rule"] in graph.ancestors(urn["kata-mesh-prod-cp-0-api-backend"])
+    # The API's firewall rules come before the cluster, so `pulumi destroy` removes them after it.
+    for rule in ("network-allow-api", "api-allow-nodes", "api-allow-health-checks"):
+        assert urn[rule] in graph.ancestors(init), rule
+    # A replaced control-plane VM (same name, same self link) is added to its group again.
+    for cp in ("cp-0", "cp-1", "cp-2"):
+        backend = program.one(MEMBERSHIP, f"kata-mesh-prod-{cp}-api-backend")
+        assert backend.delete_before_replace
+        assert backend.replace_with == [urn[f"kata-mesh-prod-{cp}"]]
     for cp in ("cp-1", "cp-2"):
         join, backend = urn[f"kata-mesh-prod-{cp}-join"], urn[f"kata-mesh-prod-{cp}-api-backend"]
         assert init in graph.ancestors(join)

@@ -538,6 +538,8 @@ case "$1 ${2:-}" in
   "reset "*) rm -rf /etc/kubernetes/admin.conf /etc/kubernetes/kubelet.conf /etc/kubernetes/manifests /etc/kubernetes/pki ;;
   "join "*) config=$3; stat -c 'join config mode %a' "$config" >>/km-test/calls.log; cp "$config" "$state/join-config-seen"
         [[ -f $state/kubeadm-join-fails ]] && { echo "error: couldn't validate the identity of the API Server" >&2; exit 1; }
+        # kubeadm's words for a token past its TTL (cmd/kubeadm/app/discovery/token).
+        [[ -f $state/kubeadm-join-token-expired ]] && { echo 'error execution phase preflight: couldn'"'"'t validate the identity of the API Server: token id "abcdef" is invalid for this cluster or it has expired. Use "kubeadm token create" on the control-plane node to create a new valid token' >&2; exit 1; }
         print_key "$config"
         mkdir -p /etc/kubernetes/pki; echo kubelet >/etc/kubernetes/kubelet.conf; cp "$state/cluster-ca.crt" /etc/kubernetes/pki/ca.crt ;;
   "token "*) echo "kubeadm join 10.10.0.2:6443 --token abcdef.0123456789abcdef --discovery-token-ca-cert-hash sha256:$(cat "$state/cluster-ca-hash") " ;;
@@ -597,7 +599,7 @@ def init_calls(result) -> list[str]:
     ]
 
 
-INIT_CALL = "kubeadm init --config /etc/kubernetes/kubeadm-init.TMP.yaml --upload-certs --skip-token-print"
+INIT_CALL = "kubeadm init --config /run/kata-mesh-kubeadm-init.TMP.yaml --upload-certs --skip-token-print"
 
 
 def kubectl_calls(result) -> list[str]:
@@ -738,10 +740,12 @@ def test_a_control_planes_token_uploads_the_certificates_again_first_with_the_ke
     result = run_with_key(node, step)
     assert result.returncode == 0, result.stderr
     kubeadm = [
-        re.sub(r"upload-certs\.\w+\.yaml", "TMP.yaml", c) for c in result.calls if c.startswith("kubeadm")
+        re.sub(r"kata-mesh-upload-certs\.\w+\.yaml", "kata-mesh-TMP.yaml", c)
+        for c in result.calls
+        if c.startswith("kubeadm")
     ]
     assert kubeadm == [
-        "kubeadm init phase upload-certs --upload-certs --config /etc/kubernetes/TMP.yaml",
+        "kubeadm init phase upload-certs --upload-certs --config /run/kata-mesh-TMP.yaml",
         "kubeadm token create --ttl 1h --description kata-mesh join for cp-1 --print-join-command",
     ]
     seen = list(yaml.safe_load_all((node.state / "upload-certs-config-seen").read_text()))
@@ -818,11 +822,11 @@ def test_join_joins_once_with_its_config_readable_by_root_only_and_then_removed(
     result = node.run(join_step(cluster_ca))
     assert result.returncode == 0, result.stderr
     join = [c for c in result.calls if c.startswith("kubeadm join")]
-    assert len(join) == 1 and re.fullmatch(r"kubeadm join --config /etc/kubernetes-join\.\w+\.yaml", join[0])
+    assert len(join) == 1 and re.fullmatch(r"kubeadm join --config /run/kata-mesh-join\.\w+\.yaml", join[0])
     assert "join config mode 600" in result.calls
     files = node.changes()
     assert "/etc/kubernetes/.kata-mesh-joined" in files
-    assert not [p for p in files if p.startswith("/etc/kubernetes-join.")], "the token stayed on disk"
+    assert not [p for p in files if p.startswith("/run/kata-mesh-join.")], "the token stayed on disk"
     second = node.run(join_step(cluster_ca))
     assert second.returncode == 0, second.stderr
     assert "already joined" in second.stderr
@@ -871,7 +875,7 @@ def test_join_that_fails_leaves_no_mark_and_no_token_on_disk(cluster_node, clust
     assert "kubeadm join failed; see the output above" in result.stderr
     files = node.changes()
     assert "/etc/kubernetes/.kata-mesh-joined" not in files
-    assert not [p for p in files if p.startswith("/etc/kubernetes-join.")]
+    assert not [p for p in files if p.startswith("/run/kata-mesh-join.")]
 
 
 # The joining control plane's own API server, as curl sees it on 127.0.0.1:6443.
@@ -931,6 +935,54 @@ def test_a_control_plane_whose_api_server_never_answers_fails_the_join_step(clus
     assert result.returncode == 1
     assert "does not answer on 127.0.0.1:6443 after 1s" in result.stderr
     assert not [c for c in result.calls if c.startswith("kubectl")], "its role is set only once it serves"
+
+
+def test_a_join_retried_after_its_token_expired_says_how_to_make_a_new_one(cluster_node, cluster_ca):
+    node = cluster_node
+    node.set_state("kubeadm-join-token-expired")
+    step = join_step(cluster_ca)
+    step = dataclasses.replace(step, args=(*step.args, ("token-step", "kata-mesh-dev-worker-0-join-token")))
+    result = node.run(step)
+    assert result.returncode == 1
+    assert "is invalid for this cluster or it has expired" in result.stderr  # kubeadm's own words
+    assert "the join token made for worker-0 expired before this join" in result.stderr
+    assert (
+        'pulumi up --replace "$(pulumi stack --show-urns | grep -o '
+        "'urn:pulumi:[^ ]*::kata-mesh-dev-worker-0-join-token$')\""
+    ) in result.stderr
+    assert "/etc/kubernetes/.kata-mesh-joined" not in node.changes()
+
+
+# Every other program these steps start, logged on its way to the real one: what a user running
+# `ps` on the node would see of its arguments.
+WATCHED_TOOLS = (
+    "sed", "awk", "grep", "cut", "head", "tr", "cat", "base64", "mktemp", "chmod", "rm", "touch",
+    "cmp", "mv", "mkdir", "cp", "stat", "flock", "openssl", "sha256sum", "seq",
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("step", ["init", "control-plane token", "control-plane join"])
+def test_the_certificate_key_is_in_no_programs_arguments(cluster_node, cluster_ca, step):
+    node = cluster_node
+    node.behaviour.update({tool: f'exec /usr/bin/{tool} "$@"\n' for tool in WATCHED_TOOLS})
+    node.behaviour["curl"] = CURL_READYZ
+    node.set_state("cluster-ca-hash", "c" * 64)
+    node.seed("/etc/kubernetes/kubeadm-init.yaml", INIT_CONFIG, 0o600)
+    if step == "init":
+        result = run_with_key(node, init_step())
+    elif step == "control-plane token":
+        token = NodeStep(
+            "join-token",
+            "60-join-token.sh",
+            (("node-name", "cp-1"), ("ttl", "1h"), ("control-plane", "true")),
+        )
+        result = run_with_key(node, token)
+    else:
+        result = node.run(control_plane_join_step(cluster_ca))
+    assert result.returncode == 0, result.stderr
+    watched = [c for c in result.calls if c.split(" ", 1)[0] in WATCHED_TOOLS]
+    assert len(watched) > 3, "the watch saw nothing: is it on PATH?"
+    assert [c for c in result.calls if CERTIFICATE_KEY in c] == []
 
 
 def removal_step() -> NodeStep:

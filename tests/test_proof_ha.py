@@ -167,16 +167,54 @@ def test_a_missing_etcd_member_fails_naming_its_control_plane():
     ]
 
 
-def test_extra_etcd_members_and_control_plane_nodes_fail_naming_them():
-    """Five control planes running while the stack declares three (a shrink that left them)."""
+def test_control_planes_being_removed_in_this_update_are_reported_as_leaving_not_failed():
+    """5 -> 3: Pulumi removes cp-3 and cp-4 (and their etcd members) at the end of the update,
+    after the proof ran; failing the proof on them would stop the update before the removal."""
     report = verify_ha(ha_sample("ha-facts-5.json"), probe_answer(), CP3)
+    assert report.passed, report.problems
+    assert report.details["leaving"] == ["kata-mesh-dev-cp-3", "kata-mesh-dev-cp-4"]
+    assert report.details["etcdMembers"] == 5
+
+
+def renamed(document: dict, old: str, new: str) -> dict:
+    return json.loads(json.dumps(document).replace(f'"{old}"', f'"{new}"'))
+
+
+def test_extra_etcd_members_and_control_plane_nodes_that_are_not_leaving_fail_naming_them():
+    """Members and Nodes of no control plane this stack ever numbered (another cluster's, a hand-made one)."""
+    facts = renamed(ha_sample("ha-facts-5.json"), "kata-mesh-dev-cp-4", "kata-mesh-old-cp-4")
+    facts = renamed(facts, "kata-mesh-dev-cp-3", "kata-mesh-dev-cp-x")
+    report = verify_ha(facts, probe_answer(), CP3)
     assert problems(report) == [
-        "Node kata-mesh-dev-cp-3 has the control-plane role but is not one of the stack's control planes",
-        "Node kata-mesh-dev-cp-4 has the control-plane role but is not one of the stack's control planes",
+        "Node kata-mesh-dev-cp-x has the control-plane role but is not one of the stack's control planes",
+        "Node kata-mesh-old-cp-4 has the control-plane role but is not one of the stack's control planes",
         "etcd has 5 members, expected 3 (one per control plane)",
-        "etcd member kata-mesh-dev-cp-4 (581f6278b9fd6a1) is not one of the stack's control planes",
-        "etcd member kata-mesh-dev-cp-3 (b457184bd1d57915) is not one of the stack's control planes",
+        "etcd member kata-mesh-old-cp-4 (581f6278b9fd6a1) is not one of the stack's control planes",
+        "etcd member kata-mesh-dev-cp-x (b457184bd1d57915) is not one of the stack's control planes",
     ]
+    assert report.details["leaving"] == []
+
+
+def test_a_kept_control_plane_still_fails_while_others_are_leaving():
+    """5 -> 3 with cp-2 down: cp-2's health answer as etcdctl gave it for a stopped member
+    (ha-facts-3-one-stopped.json, cp-2 at 127.0.0.3) in the five-member document."""
+    stopped = next(
+        a for a in ha_sample("ha-facts-3-one-stopped.json")["health"]["items"] if a["health"] is False
+    )
+    facts = ha_sample("ha-facts-5.json")
+    facts["health"]["items"] = [
+        stopped if a["endpoint"] == stopped["endpoint"] else a for a in facts["health"]["items"]
+    ]
+    report = verify_ha(facts, probe_answer(), CP3)
+    assert [p for p in problems(report) if "cp-2" in p] == [
+        f"etcd member kata-mesh-dev-cp-2 ({member_id(facts, 'kata-mesh-dev-cp-2')}) is unhealthy: "
+        "http://127.0.0.3:2379: context deadline exceeded"
+    ]
+    assert report.details["leaving"] == ["kata-mesh-dev-cp-3", "kata-mesh-dev-cp-4"]
+
+
+def member_id(facts: dict, name: str) -> str:
+    return next(m["id"] for m in facts["members"]["items"] if m["name"] == name)
 
 
 def test_a_member_added_but_never_started_fails_naming_its_id_and_peer_address():

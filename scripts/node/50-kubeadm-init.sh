@@ -28,7 +28,7 @@ if [[ ! -f $initialized ]]; then
     kubeadm reset -f >&2
   fi
   # The kept config has no key; kubeadm reads the one with it, which is gone when it ends.
-  keyed_config=$(mktemp /etc/kubernetes/kubeadm-init.XXXXXX.yaml)
+  keyed_config=$(mktemp /run/kata-mesh-kubeadm-init.XXXXXX.yaml)
   trap 'rm -f "$keyed_config"' EXIT
   chmod 0600 "$keyed_config"
   km_with_certificate_key "$config_file" "$arg_certificate_key" >"$keyed_config"

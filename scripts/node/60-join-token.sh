@@ -23,7 +23,7 @@ init_config=/etc/kubernetes/kubeadm-init.yaml
 if [[ $arg_control_plane == true ]]; then
   [[ $arg_certificate_key =~ ^[0-9a-f]{64}$ ]] ||
     km_die "a control plane's token needs --certificate-key (64 lowercase hex digits)"
-  keyed_config=$(mktemp /etc/kubernetes/upload-certs.XXXXXX.yaml)
+  keyed_config=$(mktemp /run/kata-mesh-upload-certs.XXXXXX.yaml)
   trap 'rm -f "$keyed_config"' EXIT
   chmod 0600 "$keyed_config"
   km_with_certificate_key "$init_config" "$arg_certificate_key" >"$keyed_config"

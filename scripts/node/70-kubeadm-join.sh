@@ -17,6 +17,7 @@ arg_control_plane=false
 arg_takes_workloads=false
 arg_kata_label=""
 arg_api_timeout_seconds=300
+arg_token_step=""
 km_parse_args "$@"
 km_require_args config_b64 node_name
 case $arg_control_plane in
@@ -25,7 +26,7 @@ case $arg_control_plane in
   *) km_die "--control-plane must be true or false" ;;
 esac
 
-config_file=$(mktemp /etc/kubernetes-join.XXXXXX.yaml)
+config_file=$(mktemp /run/kata-mesh-join.XXXXXX.yaml)
 trap 'rm -f "$config_file"' EXIT
 chmod 0600 "$config_file"
 base64 -d <<<"$arg_config_b64" >"$config_file"
@@ -52,13 +53,21 @@ if [[ ${already_joined:-false} == false ]]; then
     rm -f "$joined"
   fi
   key=$(sed -n 's/^ *certificateKey: *//p' "$config_file")
-  if [[ -n $key ]]; then
-    # A control plane's config holds the certificate key: whatever kubeadm echoes of it stays
-    # out of the logs.
-    kubeadm join --config "$config_file" 2>&1 | km_hide "$key" >&2 ||
-      km_die "kubeadm join failed; see the output above"
-  else
-    kubeadm join --config "$config_file" || km_die "kubeadm join failed; see the output above"
+  status=0
+  output=$(kubeadm join --config "$config_file" 2>&1) || status=$?
+  # A control plane's config holds the certificate key: whatever kubeadm echoes of it stays out
+  # of the logs.
+  if [[ -n $key ]]; then km_hide "$key" <<<"$output" >&2; else printf '%s\n' "$output" >&2; fi
+  if ((status != 0)); then
+    # A join retried long after its token step ran: the token lives JOIN_TOKEN_TTL, the uploaded
+    # control-plane certificates two hours.
+    if grep -qE 'or it has expired|"kubeadm-certs"' <<<"$output"; then
+      how="make new ones by replacing the join-token step, and this step joins again with them"
+      [[ -z $arg_token_step ]] ||
+        how+=": pulumi up --replace \"\$(pulumi stack --show-urns | grep -o 'urn:pulumi:[^ ]*::$arg_token_step\$')\""
+      km_die "the join token made for $arg_node_name${key:+ (or the control-plane certificates uploaded for it)} expired before this join; $how"
+    fi
+    km_die "kubeadm join failed; see the output above"
   fi
   touch "$joined"
   km_log "joined the cluster"

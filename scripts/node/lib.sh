@@ -128,18 +128,29 @@ km_etcdctl() {
 
 # km_with_certificate_key CONFIG KEY: the kubeadm config file with `certificateKey: KEY` added to
 # its InitConfiguration, on stdout (the program renders that document without it, so the key
-# never travels on a command line nor stays on disk).
+# never travels on a command line nor stays on disk). Pure bash: a key handed to sed or awk would
+# show in the process list.
 km_with_certificate_key() {
-  local config=$1 key=$2
-  grep -qx 'kind: InitConfiguration' "$config" || km_die "$config has no InitConfiguration"
-  awk -v key="$key" '{ print } $0 == "kind: InitConfiguration" { print "certificateKey: " key }' "$config"
+  local config=$1 key=$2 line found=false
+  while IFS= read -r line || [[ -n $line ]]; do
+    printf '%s\n' "$line"
+    if [[ $line == "kind: InitConfiguration" ]]; then
+      printf 'certificateKey: %s\n' "$key"
+      found=true
+    fi
+  done <"$config"
+  $found || km_die "$config has no InitConfiguration"
 }
 
-# km_hide SECRET: copies stdin to stdout with every occurrence of SECRET (letters and digits only)
-# replaced, for tools that print what the logs must not keep.
+# km_hide SECRET: copies stdin to stdout line by line (as it comes) with every occurrence of
+# SECRET replaced, for tools that print what the logs must not keep. Pure bash, for the same
+# reason.
 km_hide() {
-  [[ $1 =~ ^[[:alnum:]]+$ ]] || km_die "km_hide takes letters and digits only"
-  sed -u "s/$1/[hidden]/g"
+  local secret=$1 line
+  [[ -n $secret ]] || km_die "km_hide needs the text to hide"
+  while IFS= read -r line || [[ -n $line ]]; do
+    printf '%s\n' "${line//"$secret"/[hidden]}"
+  done
 }
 
 # km_set_workload_role NODE TAKES_WORKLOADS KATA_LABEL: a control plane that takes workloads
@@ -147,9 +158,11 @@ km_hide() {
 # that does not is tainted and unlabelled. Needs KUBECONFIG.
 km_set_workload_role() {
   local node=$1 takes_workloads=$2 kata_label=$3
-  local taint=node-role.kubernetes.io/control-plane label_key=${3%%=*}
+  local taint=node-role.kubernetes.io/control-plane label_key=${3%%=*} taints
   if [[ $takes_workloads == true ]]; then
-    if kubectl get node "$node" -o jsonpath='{.spec.taints[*].key}' | grep -qw "$taint"; then
+    # Read whole first: grep -q stopping early would fail the pipeline (pipefail, SIGPIPE).
+    taints=$(kubectl get node "$node" -o jsonpath='{.spec.taints[*].key}')
+    if [[ " $taints " == *" $taint "* ]]; then
       kubectl taint node "$node" "$taint:NoSchedule-" >&2
     fi
     kubectl label node "$node" "$kata_label" --overwrite >&2
