@@ -1,4 +1,5 @@
-"""The cluster's own VPC, subnet and firewall: node-to-node traffic, SSH and the API, nothing else."""
+"""The cluster's own VPC, subnet and firewall: what the nodes need from each other, SSH, the API and
+the ingress gateway, each from its own sources only."""
 
 from __future__ import annotations
 
@@ -16,14 +17,92 @@ API_PORT = "6443"
 
 
 @dataclass(frozen=True)
+class InternalRule:
+    """One node-to-node ingress rule: what it lets in, from which nodes to which, and why."""
+
+    # The rule's name is <prefix>-allow-<rule>.
+    rule: str
+    protocol: str
+    # Empty: the whole protocol (ICMP has no ports).
+    ports: tuple[str, ...]
+    source_tag: str
+    target_tag: str
+    # The rule's description in GCE.
+    why: str
+
+
+# Only what a kubeadm cluster with Flannel needs between its nodes, from Kubernetes' "Ports and
+# Protocols" (https://kubernetes.io/docs/reference/networking/ports-and-protocols/). Source and
+# target tags match the VMs' internal addresses only, so no other VM in the project is let in.
+# Left out on purpose, as the same page says only "Self" or a load balancer uses them:
+# kube-scheduler (10259) and kube-controller-manager (10257), which kubeadm binds to 127.0.0.1,
+# and kube-proxy's health check (10256), which only a Service load balancer would call (the API's
+# load balancer checks 6443, components/api_endpoint.py). Loopback never crosses the VPC firewall.
+INTERNAL_RULES = (
+    InternalRule(
+        "api-internal",
+        "tcp",
+        (API_PORT,),
+        NODE_TAG,
+        CONTROL_PLANE_TAG,
+        "Kubernetes API server from the nodes: pods reach it through the kubernetes Service, whose "
+        "endpoints are the control planes' own addresses",
+    ),
+    InternalRule(
+        "etcd",
+        "tcp",
+        ("2379-2380",),
+        CONTROL_PLANE_TAG,
+        CONTROL_PLANE_TAG,
+        "etcd client and peer API between control planes only (stacked members, their API servers)",
+    ),
+    InternalRule(
+        "kubelet",
+        "tcp",
+        ("10250",),
+        CONTROL_PLANE_TAG,
+        NODE_TAG,
+        "Kubelet API from the control planes: the API server's logs, exec, attach and port-forward",
+    ),
+    InternalRule(
+        "vxlan",
+        "udp",
+        ("8472",),
+        NODE_TAG,
+        NODE_TAG,
+        "Flannel VXLAN: every pod-to-pod packet between nodes (runc and Kata pods alike) travels in it",
+    ),
+    InternalRule(
+        "nodeports",
+        "tcp",
+        ("30000-32767",),
+        NODE_TAG,
+        NODE_TAG,
+        "NodePort Services from the nodes; outside clients get their own rule",
+    ),
+    InternalRule(
+        "icmp",
+        "icmp",
+        (),
+        NODE_TAG,
+        NODE_TAG,
+        "ICMP between nodes: path MTU discovery under the VXLAN overlay, and ping",
+    ),
+)
+
+
+@dataclass(frozen=True)
 class NetworkArgs:
     name_prefix: str
     region: str
     subnet_cidr: str
     ssh_allowed_cidrs: Sequence[str]
     api_allowed_cidrs: Sequence[str]
-    # The Istio ingress gateway's NodePort, opened to api_allowed_cidrs; None keeps it closed.
+    # The Istio ingress gateway's NodePort, opened to gateway_allowed_cidrs; None keeps it closed.
     gateway_node_port: int | None = None
+    # Who may reach the gateway's NodePort. None falls back to api_allowed_cidrs, as before the
+    # setting existed; __main__.py passes settings.gateway_allowed_cidrs.
+    gateway_allowed_cidrs: Sequence[str] | None = None
 
 
 class Network(pulumi.ComponentResource):
@@ -31,6 +110,8 @@ class Network(pulumi.ComponentResource):
 
     network: gcp.compute.Network
     subnet: gcp.compute.Subnetwork
+    # INTERNAL_RULES' firewall rules, by rule.
+    internal_firewalls: dict[str, gcp.compute.Firewall]
 
     def __init__(self, name: str, args: NetworkArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("kata-mesh:network:Network", name, None, opts)
@@ -54,19 +135,22 @@ class Network(pulumi.ComponentResource):
             private_ip_google_access=True,
             opts=child,
         )
-        # Node to node: kubelet, etcd, Flannel's VXLAN (UDP 8472), NodePorts, ICMP. Selected by the
-        # node tag rather than by CIDR so only this cluster's VMs match.
-        self.internal_firewall = gcp.compute.Firewall(
-            f"{name}-allow-internal",
-            name=f"{prefix}-allow-internal",
-            network=self.network.id,
-            direction="INGRESS",
-            allows=[gcp.compute.FirewallAllowArgs(protocol="all")],
-            source_tags=[NODE_TAG],
-            target_tags=[NODE_TAG],
-            description="All traffic between cluster nodes (includes Flannel VXLAN UDP 8472)",
-            opts=child,
-        )
+        self.internal_firewalls = {
+            rule.rule: gcp.compute.Firewall(
+                f"{name}-allow-{rule.rule}",
+                name=f"{prefix}-allow-{rule.rule}",
+                network=self.network.id,
+                direction="INGRESS",
+                allows=[
+                    gcp.compute.FirewallAllowArgs(protocol=rule.protocol, ports=list(rule.ports) or None)
+                ],
+                source_tags=[rule.source_tag],
+                target_tags=[rule.target_tag],
+                description=rule.why,
+                opts=child,
+            )
+            for rule in INTERNAL_RULES
+        }
 
         def allow_tcp(
             rule: str, port: str, cidrs: Sequence[str], target_tag: str, what: str
@@ -88,10 +172,11 @@ class Network(pulumi.ComponentResource):
             "api", API_PORT, args.api_allowed_cidrs, CONTROL_PLANE_TAG, "Kubernetes API"
         )
         if args.gateway_node_port is not None:
+            gateway_cidrs = args.gateway_allowed_cidrs
             self.gateway_firewall = allow_tcp(
                 "gateway",
                 str(args.gateway_node_port),
-                args.api_allowed_cidrs,
+                args.api_allowed_cidrs if gateway_cidrs is None else gateway_cidrs,
                 NODE_TAG,
                 "Istio ingress gateway (NodePort)",
             )

@@ -37,6 +37,9 @@ PROJECT_KEYS = (
     "serviceCidr",
     "sshAllowedCidrs",
     "apiAllowedCidrs",
+    "gatewayAllowedCidrs",
+    "allowWorldAccess",
+    "privateNodes",
     "adminUser",
     "sshPrivateKey",
     "kubernetesVersion",
@@ -57,7 +60,7 @@ GCP_KEYS = ("gcp:project", "gcp:region", "gcp:zone")
 SECRET_KEYS = frozenset({"sshPrivateKey"})
 # Settings of type array: `pulumi config set key value` would store a plain string, so their
 # fixes use `pulumi config set --path 'kata-mesh:key[0]' value` (the CLI's set has no --json).
-LIST_KEYS = frozenset({"sshAllowedCidrs", "apiAllowedCidrs", "zones"})
+LIST_KEYS = frozenset({"sshAllowedCidrs", "apiAllowedCidrs", "gatewayAllowedCidrs", "zones"})
 # Where the pulumi-gcp provider also finds the project when gcp:project is unset, in its order of
 # precedence (Pulumi registry, "Google Cloud (GCP) Classic: Installation & Configuration").
 PROJECT_ENV_VARS = ("GOOGLE_PROJECT", "GOOGLE_CLOUD_PROJECT", "GCLOUD_PROJECT", "CLOUDSDK_CORE_PROJECT")
@@ -118,6 +121,9 @@ MIN_BOOT_DISK_GB = 30
 # (network, gateway, second-to-last, broadcast).
 GCE_SMALLEST_SUBNET_PREFIX = 29
 GCE_RESERVED_ADDRESSES = 4
+# A source range with a prefix shorter than /8 (more than 16.7 million addresses, from a /7 up to
+# 0.0.0.0/0) is treated as open to the world: it is refused unless allowWorldAccess is true.
+WORLD_OPEN_PREFIX = 8
 # kubeadm's preflight check NumCPU refuses fewer than 2 vCPUs.
 MIN_VCPUS = 2
 GCE_NAME = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
@@ -223,8 +229,14 @@ class Settings:
     subnet_cidr: str
     pod_cidr: str
     service_cidr: str
+    # Who may reach SSH (every node, or the bastion when private_nodes), the API (6443) and the
+    # ingress gateway's NodePort; none holds a world-open range unless allow_world_access.
     ssh_allowed_cidrs: tuple[str, ...]
     api_allowed_cidrs: tuple[str, ...]
+    gateway_allowed_cidrs: tuple[str, ...]
+    allow_world_access: bool
+    # Nodes without external addresses: egress through Cloud NAT, SSH through a bastion VM.
+    private_nodes: bool
     admin_user: str
     kubernetes_version: str
     kata_version: str
@@ -632,17 +644,101 @@ def _check_versions(r: _Reader, kubernetes_version: str, kata_version: str) -> N
         )
 
 
-def _check_allowed_cidrs(r: _Reader, key: str, cidrs: tuple[str, ...], purpose: str) -> None:
-    if not cidrs:
+@dataclass(frozen=True)
+class _Exposure:
+    """What an allowed-CIDRs setting opens, for its messages."""
+
+    # What the listed ranges reach, e.g. "SSH (22) on every node".
+    reaches: str
+    # What anyone on the internet could then do, were the ranges world-open.
+    risk: str
+
+
+def _exposures(private_nodes: bool, gateway_node_port: int) -> dict[str, _Exposure]:
+    ssh_target = "the bastion VM, the only way in to the nodes (privateNodes is true)"
+    return {
+        "sshAllowedCidrs": _Exposure(
+            f"SSH (22) on {ssh_target if private_nodes else 'every node'}",
+            "anyone on the internet could try SSH logins "
+            f"{'on the bastion' if private_nodes else 'on every node'}, with any key that leaks, "
+            "and reach any sshd flaw before it is patched",
+        ),
+        "apiAllowedCidrs": _Exposure(
+            "the Kubernetes API (6443)",
+            "anyone on the internet could reach the Kubernetes API server: try stolen or leaked "
+            "credentials and tokens, and probe it for flaws",
+        ),
+        "gatewayAllowedCidrs": _Exposure(
+            f"the Istio ingress gateway (NodePort {gateway_node_port} on every node)",
+            "anyone on the internet could call httpbin, and whatever else is routed through the "
+            "ingress gateway",
+        ),
+    }
+
+
+def _check_allowed_cidrs(
+    r: _Reader,
+    key: str,
+    cidrs: tuple[str, ...],
+    exposure: _Exposure,
+    allow_world_access: bool,
+    missing: str | None = None,
+) -> None:
+    """Each element an IPv4 CIDR, none open to the world without the override; `missing` is the
+    fix when the list is empty and must not be (None: it may be empty)."""
+    if not cidrs and missing is not None:
+        r.problem(key, [], missing)
+    for index, cidr in enumerate(cidrs):
+        net = _network(r, key, cidr, cidrs, index)
+        if net is None or net.prefixlen >= WORLD_OPEN_PREFIX or allow_world_access:
+            continue
         r.problem(
             key,
-            [],
-            f"list the IPv4 CIDRs allowed to reach {purpose}, including the machine that runs "
-            f"`pulumi up`, one element at a time: {set_command(key, '203.0.113.7/32')}; nothing is "
-            "opened to the world by default",
+            cidrs,
+            f"element {index} ({cidr}) counts as open to the world: its prefix is shorter than "
+            f"/{WORLD_OPEN_PREFIX}, so it spans {net.num_addresses:,} addresses and {exposure.risk}. List only the addresses that "
+            "need it instead, such as your own address as a /32 or your office's or VPN's egress "
+            f"range: {set_command(key, '203.0.113.7/32', index)}. If it must be open to the internet, "
+            "allow world-open ranges with `pulumi config set allowWorldAccess true`",
+            index,
         )
-    for index, cidr in enumerate(cidrs):
-        _network(r, key, cidr, cidrs, index)
+
+
+def _required_fix(key: str, reaches: str, who: str = "including the machine that runs `pulumi up`") -> str:
+    return (
+        f"list the IPv4 CIDRs allowed to reach {reaches}, {who}, one element at a time: "
+        f"{set_command(key, '203.0.113.7/32')}; nothing is opened to the world by default"
+    )
+
+
+def _check_access(
+    r: _Reader,
+    listed: Mapping[str, tuple[str, ...]],
+    allow_world_access: bool,
+    private_nodes: bool,
+    ingress_gateway: bool,
+    gateway_node_port: int,
+) -> None:
+    """Who may reach the cluster: sshAllowedCidrs and apiAllowedCidrs are always required,
+    gatewayAllowedCidrs with the gateway on; every listed range is checked, world-open ones too."""
+    exposures = _exposures(private_nodes, gateway_node_port)
+    for key in ("sshAllowedCidrs", "apiAllowedCidrs"):
+        missing = _required_fix(key, exposures[key].reaches)
+        _check_allowed_cidrs(r, key, listed[key], exposures[key], allow_world_access, missing)
+    key = "gatewayAllowedCidrs"
+    required = _required_fix(key, exposures[key].reaches, "its clients' ranges only")
+    gateway_missing = (
+        "ingressGateway is true, and the gateway has its own ranges (it does not reuse "
+        f"apiAllowedCidrs): {required}. Or turn the gateway off: {set_command('ingressGateway', 'false')}"
+    )
+    _check_allowed_cidrs(
+        r,
+        key,
+        listed[key],
+        exposures[key],
+        allow_world_access,
+        gateway_missing if ingress_gateway else None,
+    )
 
 
 def _check_project(r: _Reader, project: str) -> None:
@@ -744,6 +840,9 @@ def _read(raw: Mapping[str, str | None], stack: str) -> tuple[_Reader, Settings 
     service_cidr = r.string("serviceCidr")
     ssh_allowed_cidrs = r.string_list("sshAllowedCidrs")
     api_allowed_cidrs = r.string_list("apiAllowedCidrs")
+    gateway_allowed_cidrs = r.string_list("gatewayAllowedCidrs")
+    allow_world_access = r.boolean("allowWorldAccess")
+    private_nodes = r.boolean("privateNodes")
     admin_user = r.string("adminUser")
     ssh_private_key = r.string("sshPrivateKey") or None
     kubernetes_version = r.string("kubernetesVersion")
@@ -788,8 +887,18 @@ def _read(raw: Mapping[str, str | None], stack: str) -> tuple[_Reader, Settings 
     _check_networks(
         r, subnet_cidr, pod_cidr, service_cidr, max(control_plane_count, 0) + max(worker_count, 0)
     )
-    _check_allowed_cidrs(r, "sshAllowedCidrs", ssh_allowed_cidrs, "SSH (22) on every node")
-    _check_allowed_cidrs(r, "apiAllowedCidrs", api_allowed_cidrs, "the Kubernetes API (6443)")
+    _check_access(
+        r,
+        {
+            "sshAllowedCidrs": ssh_allowed_cidrs,
+            "apiAllowedCidrs": api_allowed_cidrs,
+            "gatewayAllowedCidrs": gateway_allowed_cidrs,
+        },
+        allow_world_access,
+        private_nodes,
+        ingress_gateway,
+        gateway_node_port,
+    )
     if not LINUX_USER.match(admin_user) or admin_user == "root":
         r.problem("adminUser", admin_user, "must be a lowercase Linux user name other than root")
     if ssh_private_key is not None and not PRIVATE_KEY_HEADER.match(ssh_private_key.strip()):
@@ -831,6 +940,9 @@ def _read(raw: Mapping[str, str | None], stack: str) -> tuple[_Reader, Settings 
         service_cidr=service_cidr,
         ssh_allowed_cidrs=ssh_allowed_cidrs,
         api_allowed_cidrs=api_allowed_cidrs,
+        gateway_allowed_cidrs=gateway_allowed_cidrs,
+        allow_world_access=allow_world_access,
+        private_nodes=private_nodes,
         admin_user=admin_user,
         kubernetes_version=kubernetes_version,
         kata_version=kata_version,

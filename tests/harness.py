@@ -61,6 +61,8 @@ OPERATOR_CONFIG: dict[str, Any] = {
     "gcp:project": "kata-mesh-test",
     f"{PROJECT}:sshAllowedCidrs": ["198.51.100.7/32", "192.0.2.0/28"],
     f"{PROJECT}:apiAllowedCidrs": ["198.51.100.7/32"],
+    # The ingress gateway's clients (prod has the gateway on), apart from the API's admins.
+    f"{PROJECT}:gatewayAllowedCidrs": ["203.0.113.0/24"],
 }
 
 

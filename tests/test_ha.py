@@ -126,10 +126,26 @@ def test_the_api_is_open_to_the_admins_the_nodes_and_googles_health_checks_only(
     from_nodes = rules["kata-mesh-prod-allow-api-from-nodes"]
     assert set(from_nodes["sourceRanges"]) == nodes
     assert set(rules["kata-mesh-prod-allow-api-health-checks"]["sourceRanges"]) == GOOGLE_PROBE_RANGES
-    for name in ("allow-api", "allow-api-from-nodes", "allow-api-health-checks"):
+    # Inside the VPC, the nodes by tag: pods reach the API servers through the kubernetes Service.
+    internal = rules["kata-mesh-prod-allow-api-internal"]
+    assert (internal["sourceTags"], "sourceRanges" in internal) == (["kata-mesh-node"], False)
+    for name in ("allow-api", "allow-api-from-nodes", "allow-api-health-checks", "allow-api-internal"):
         rule = rules[f"kata-mesh-prod-{name}"]
         assert rule["allows"] == [{"protocol": "tcp", "ports": ["6443"]}]
         assert rule["targetTags"] == ["kata-mesh-control-plane"]
+
+    # No other rule lets anyone reach 6443 (a rule without ports opens every port of its protocol).
+    def opens_6443(allow: dict) -> bool:
+        spans = [ports.partition("-") for ports in allow.get("ports", ["1-65535"])]
+        return allow["protocol"] in ("tcp", "all") and any(
+            int(first) <= 6443 <= int(last or first) for first, _, last in spans
+        )
+
+    reaching_api = {name for name, rule in rules.items() if any(opens_6443(a) for a in rule["allows"])}
+    assert reaching_api == {
+        f"kata-mesh-prod-{name}"
+        for name in ("allow-api", "allow-api-from-nodes", "allow-api-health-checks", "allow-api-internal")
+    }
 
 
 def test_every_kubeadm_document_uses_the_load_balancer_as_its_endpoint():

@@ -741,3 +741,162 @@ def test_the_fix_commands_name_the_project_pulumi_yaml_declares():
     """The settings messages spell `pulumi config set --path '<project>:key[0]'`: the namespace must
     be the project's own name, or the command would set a key nobody reads."""
     assert yaml.safe_load((ROOT / "Pulumi.yaml").read_text())["name"] == PROJECT_NAME
+
+
+# --- who may reach the cluster: world-open ranges, the gateway's own ranges, private nodes -------
+
+ACCESS_KEYS = ["sshAllowedCidrs", "apiAllowedCidrs", "gatewayAllowedCidrs"]
+NEW_ACCESS_SETTINGS = ["allowWorldAccess", "privateNodes", "gatewayAllowedCidrs"]
+# What each message says anyone on the internet could then do.
+WORLD_RISKS = {
+    "sshAllowedCidrs": "anyone on the internet could try SSH logins on every node",
+    "apiAllowedCidrs": "anyone on the internet could reach the Kubernetes API server",
+    "gatewayAllowedCidrs": "anyone on the internet could call httpbin",
+}
+
+
+def test_access_settings_are_off_or_empty_by_default_and_parsed():
+    declared = yaml.safe_load((ROOT / "Pulumi.yaml").read_text())["config"]
+    assert {key: (declared[key]["type"], declared[key]["default"]) for key in NEW_ACCESS_SETTINGS} == {
+        "allowWorldAccess": ("boolean", False),
+        "privateNodes": ("boolean", False),
+        "gatewayAllowedCidrs": ("array", []),
+    }
+    settings = parse_settings(raw(), "dev")
+    assert (settings.allow_world_access, settings.private_nodes) == (False, False)
+    assert settings.gateway_allowed_cidrs == ("203.0.113.0/24",)  # the operator's, tests/harness.py
+    settings = parse_settings(
+        raw(allowWorldAccess="true", privateNodes="true", gatewayAllowedCidrs='["192.0.2.0/24"]'), "dev"
+    )
+    assert (settings.allow_world_access, settings.private_nodes) == (True, True)
+    assert settings.gateway_allowed_cidrs == ("192.0.2.0/24",)
+
+
+@pytest.mark.parametrize("key", ["allowWorldAccess", "privateNodes"])
+def test_the_new_switches_are_true_or_false(key):
+    assert problems(**{key: "yes"})[key] == f"{key} = yes: must be true or false"
+
+
+def test_staging_and_prod_have_private_nodes_and_dev_does_not():
+    assert parse_settings(raw(), "dev").private_nodes is False
+    assert parse_settings(stack_raw("staging"), "staging").private_nodes is True
+    assert parse_settings(stack_raw("prod"), "prod").private_nodes is True
+
+
+@pytest.mark.parametrize("key", ACCESS_KEYS)
+@pytest.mark.parametrize(
+    ("cidr", "addresses"),
+    [("0.0.0.0/0", "4,294,967,296"), ("0.0.0.0/1", "2,147,483,648"), ("8.0.0.0/7", "33,554,432")],
+)
+def test_world_open_ranges_are_refused_saying_why_what_to_list_and_how_to_override(key, cidr, addresses):
+    found = problem_list(ingressGateway="true", **{key: f'["198.51.100.7/32", "{cidr}"]'})
+    assert [(p.key, p.index) for p in found] == [(key, 1)]
+    message = str(found[0])
+    assert message.startswith(
+        f'{key} = ["198.51.100.7/32", "{cidr}"]: element 1 ({cidr}) counts as open to the world'
+    )
+    assert f"its prefix is shorter than /8, so it spans {addresses} addresses and" in message
+    assert WORLD_RISKS[key] in message
+    assert "List only the addresses that need it instead, such as your own address as a /32" in message
+    assert f"`pulumi config set --path 'kata-mesh:{key}[1]' 203.0.113.7/32`" in message
+    assert "`pulumi config set allowWorldAccess true`" in message
+
+
+@pytest.mark.parametrize("key", ACCESS_KEYS)
+@pytest.mark.parametrize("cidr", ["0.0.0.0/0", "0.0.0.0/1", "8.0.0.0/7"])
+def test_allow_world_access_accepts_world_open_ranges(key, cidr):
+    settings = parse_settings(
+        raw(ingressGateway="true", allowWorldAccess="true", **{key: f'["{cidr}"]'}), "dev"
+    )
+    field = {"sshAllowedCidrs": "ssh", "apiAllowedCidrs": "api", "gatewayAllowedCidrs": "gateway"}[key]
+    assert getattr(settings, f"{field}_allowed_cidrs") == (cidr,)
+
+
+@pytest.mark.parametrize("key", ACCESS_KEYS)
+def test_a_slash_8_is_the_widest_range_taken_without_the_override(key):
+    settings = parse_settings(raw(ingressGateway="true", **{key: '["10.0.0.0/8", "203.0.113.0/24"]'}), "dev")
+    assert settings.allow_world_access is False
+
+
+def test_a_world_open_range_is_never_offered_as_a_hint():
+    # 0.0.0.1/0 has host bits; its network, 0.0.0.0/0, would be refused in turn.
+    message = problems(sshAllowedCidrs='["0.0.0.1/0"]')["sshAllowedCidrs"]
+    assert "has host bits set" in message
+    assert "did you mean" not in message
+    # With the override, the corrected range passes every rule and is offered.
+    message = problems(sshAllowedCidrs='["0.0.0.1/0"]', allowWorldAccess="true")["sshAllowedCidrs"]
+    assert "did you mean 0.0.0.0/0?" in message
+
+
+def test_with_private_nodes_ssh_messages_speak_of_the_bastion():
+    message = problems(privateNodes="true", sshAllowedCidrs="[]")["sshAllowedCidrs"]
+    assert "SSH (22) on the bastion VM, the only way in to the nodes (privateNodes is true)" in message
+    assert "`pulumi config set --path 'kata-mesh:sshAllowedCidrs[0]' 203.0.113.7/32`" in message
+    message = problems(privateNodes="true", sshAllowedCidrs='["0.0.0.0/0"]')["sshAllowedCidrs"]
+    assert "anyone on the internet could try SSH logins on the bastion" in message
+    assert "SSH (22) on every node" in problems(sshAllowedCidrs="[]")["sshAllowedCidrs"]
+
+
+def test_the_gateway_needs_its_own_ranges():
+    found = problem_list(ingressGateway="true", gatewayAllowedCidrs="[]")
+    assert [p.key for p in found] == ["gatewayAllowedCidrs"]
+    message = str(found[0])
+    assert message.startswith("gatewayAllowedCidrs = []: ingressGateway is true")
+    assert "it does not reuse apiAllowedCidrs" in message
+    assert "the Istio ingress gateway (NodePort 30080 on every node)" in message
+    assert "`pulumi config set --path 'kata-mesh:gatewayAllowedCidrs[0]' 203.0.113.7/32`" in message
+    assert "`pulumi config set ingressGateway false`" in message
+    assert "nothing is opened to the world by default" in message
+    # Without the gateway, the list may stay empty.
+    assert (
+        parse_settings(raw(ingressGateway="false", gatewayAllowedCidrs="[]"), "dev").gateway_allowed_cidrs
+        == ()
+    )
+
+
+def test_gateway_ranges_are_checked_like_the_others_even_with_the_gateway_off():
+    found = problem_list(ingressGateway="false", gatewayAllowedCidrs='["192.0.2.1/24", "2001:db8::/32"]')
+    assert [(p.key, p.index) for p in found] == [("gatewayAllowedCidrs", 0), ("gatewayAllowedCidrs", 1)]
+    assert (
+        "did you mean 192.0.2.0/24? `pulumi config set --path 'kata-mesh:gatewayAllowedCidrs[0]'"
+        in found[0].fix
+    )
+    assert "must be an IPv4 CIDR" in found[1].fix
+    message = problems(gatewayAllowedCidrs="203.0.113.0/24")["gatewayAllowedCidrs"]
+    assert "`pulumi config set --path 'kata-mesh:gatewayAllowedCidrs[0]' 203.0.113.0/24`" in message
+
+
+def test_every_access_problem_is_reported_at_once():
+    with pytest.raises(SettingsError) as caught:
+        parse_settings(
+            raw(
+                privateNodes="true",
+                sshAllowedCidrs="[]",
+                apiAllowedCidrs='["0.0.0.0/0"]',
+                ingressGateway="true",
+                gatewayAllowedCidrs="[]",
+                workerCount="-1",
+            ),
+            "dev",
+        )
+    assert [(p.key, p.index) for p in caught.value.problems] == [
+        ("workerCount", None),
+        ("sshAllowedCidrs", None),
+        ("apiAllowedCidrs", 0),
+        ("gatewayAllowedCidrs", None),
+    ]
+    message = str(caught.value)
+    assert message.startswith("4 problem(s) in the stack settings")
+    assert "`pulumi config set --path 'kata-mesh:<key>[<index>]' <value>`" in message.splitlines()[0]
+    assert "the bastion VM" in message
+    assert "allowWorldAccess true" in message
+    assert "ingressGateway is true" in message
+
+
+def test_prod_s_stack_file_alone_asks_for_the_gateway_s_ranges_too():
+    values = stack_raw("prod")
+    for key in ACCESS_KEYS:
+        values[key] = "[]"
+    with pytest.raises(SettingsError) as caught:
+        parse_settings(values, "prod")
+    assert [p.key for p in caught.value.problems] == ACCESS_KEYS

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 import yaml
 from harness import (
-    OPERATOR_CONFIG,
     PROJECT,
     ROOT,
     STACKS,
@@ -24,10 +23,7 @@ from harness import (
 from components.settings import SettingsError
 
 INSTANCE = "gcp:compute/instance:Instance"
-FIREWALL = "gcp:compute/firewall:Firewall"
 INTEL_NESTED_SERIES = {"n1", "n2", "c2", "c3"}
-SSH_CIDRS = OPERATOR_CONFIG[f"{PROJECT}:sshAllowedCidrs"]
-API_CIDRS = OPERATOR_CONFIG[f"{PROJECT}:apiAllowedCidrs"]
 MODES = [pytest.param(True, id="preview"), pytest.param(False, id="up")]
 
 
@@ -66,48 +62,6 @@ def test_every_vm_is_an_intel_ubuntu_vm_with_nested_virtualization(stack, previe
             "https://www.googleapis.com/compute/v1/projects/ubuntu-os-cloud/global/images/ubuntu-2404"
         )
         assert "bootDisk.initializeParams.image" in vm.ignore_changes
-
-
-@pytest.mark.parametrize("preview", MODES)
-@pytest.mark.parametrize("stack", STACKS)
-def test_firewall_opens_exactly_the_configured_cidrs_and_ports(stack, preview):
-    rules = {r.name: r.inputs for r in run(stack, preview).of_type(FIREWALL)}
-    # The API load balancer's own rules (nodes, health checks) are checked in test_ha.py.
-    expected = {
-        "network-allow-internal",
-        "network-allow-ssh",
-        "network-allow-api",
-        "api-allow-nodes",
-        "api-allow-health-checks",
-    }
-    if stack_file(stack).get(f"{PROJECT}:ingressGateway"):
-        expected.add("network-allow-gateway")
-        gateway = rules["network-allow-gateway"]
-        assert gateway["allows"] == [{"protocol": "tcp", "ports": ["30080"]}]
-        assert gateway["sourceRanges"] == API_CIDRS
-        assert gateway["targetTags"] == ["kata-mesh-node"]
-    assert set(rules) == expected
-
-    internal = rules["network-allow-internal"]
-    assert internal["allows"] == [{"protocol": "all"}]  # all protocols: VXLAN UDP 8472 included
-    assert internal["sourceTags"] == internal["targetTags"] == ["kata-mesh-node"]
-    assert "sourceRanges" not in internal
-
-    ssh = rules["network-allow-ssh"]
-    assert ssh["allows"] == [{"protocol": "tcp", "ports": ["22"]}]
-    assert ssh["sourceRanges"] == SSH_CIDRS
-    assert ssh["targetTags"] == ["kata-mesh-node"]
-
-    api = rules["network-allow-api"]
-    assert api["allows"] == [{"protocol": "tcp", "ports": ["6443"]}]
-    assert api["sourceRanges"] == API_CIDRS
-    assert api["targetTags"] == ["kata-mesh-control-plane"]
-
-    for rule in rules.values():
-        assert rule["direction"] == "INGRESS"
-        ranges = rule.get("sourceRanges", [])
-        # The nodes' addresses are known only after deploy.
-        assert not isinstance(ranges, list) or "0.0.0.0/0" not in ranges
 
 
 @pytest.mark.parametrize("preview", MODES)
@@ -313,3 +267,36 @@ def test_the_readmes_kubeconfig_command_writes_it_readable_by_its_owner_only(tmp
     assert kubeconfig.stat().st_mode & 0o777 == 0o600
     assert "mode while written: 600" in kubeconfig.read_text()
     assert "kubectl get nodes" in result.stderr
+
+
+# Ranges and the world-access override are what each operator sets (README, "Deploy one
+# environment"); a checked-in stack file holds none.
+OPERATOR_ONLY = ("sshAllowedCidrs", "apiAllowedCidrs", "gatewayAllowedCidrs", "allowWorldAccess")
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_stack_files_hold_no_access_ranges_and_say_which_the_operator_sets(stack):
+    assert not {f"{PROJECT}:{key}" for key in OPERATOR_ONLY} & set(stack_file(stack))
+    comments = (ROOT / "stacks" / f"Pulumi.{stack}.yaml").read_text()
+    for key in ("sshAllowedCidrs", "apiAllowedCidrs"):
+        assert f"pulumi config set --path '{PROJECT}:{key}[0]'" in comments
+    gateway = f"pulumi config set --path '{PROJECT}:gatewayAllowedCidrs[0]'" in comments
+    assert gateway == bool(stack_file(stack).get(f"{PROJECT}:ingressGateway"))
+
+
+def test_staging_and_prod_ask_for_private_nodes_and_dev_keeps_public_ips():
+    assert {stack: stack_file(stack).get(f"{PROJECT}:privateNodes", False) for stack in STACKS} == {
+        "dev": False,
+        "staging": True,
+        "prod": True,
+    }
+
+
+def test_prod_s_stack_file_alone_refuses_the_gateway_without_its_ranges():
+    """Without the operator's gatewayAllowedCidrs, prod (ingressGateway true) stops before declaring
+    anything rather than opening the gateway to the API's ranges or the world."""
+    monitor = RecordingMonitor(KataMeshMocks(preview=True))
+    with pytest.raises(SettingsError) as caught:
+        run_program("prod", preview=True, overrides={f"{PROJECT}:gatewayAllowedCidrs": []}, monitor=monitor)
+    assert [p.key for p in caught.value.problems] == ["gatewayAllowedCidrs"]
+    assert [r.type for r in monitor.registrations] == ["pulumi:pulumi:Stack"]
