@@ -141,7 +141,10 @@ def plan_config(stack: str) -> tuple[dict[str, str], list[str]]:
     if not config.get("gcp:project") and project_from_environment(os.environ) is None:
         config["gcp:project"] = PLACEHOLDER_PROJECT
         warnings.append(f"gcp:project is not set; the plan uses {PLACEHOLDER_PROJECT}: {fix}")
-    for key in (f"{PROJECT}:sshAllowedCidrs", f"{PROJECT}:apiAllowedCidrs"):
+    access_keys = [f"{PROJECT}:sshAllowedCidrs", f"{PROJECT}:apiAllowedCidrs"]
+    if config.get(f"{PROJECT}:ingressGateway") == "true":
+        access_keys.append(f"{PROJECT}:gatewayAllowedCidrs")
+    for key in access_keys:
         # Only an empty list gets a placeholder; anything else goes to the program as it is
         # (a plain string, say, which the settings check refuses with its own message).
         if config.get(key, "[]").strip() in ("[]", ""):
