@@ -39,7 +39,6 @@ PROJECT_KEYS = (
     "apiAllowedCidrs",
     "gatewayAllowedCidrs",
     "allowWorldAccess",
-    "privateNodes",
     "adminUser",
     "sshPrivateKey",
     "kubernetesVersion",
@@ -229,14 +228,12 @@ class Settings:
     subnet_cidr: str
     pod_cidr: str
     service_cidr: str
-    # Who may reach SSH (every node, or the bastion when private_nodes), the API (6443) and the
-    # ingress gateway's NodePort; none holds a world-open range unless allow_world_access.
+    # Who may reach SSH (22, every node), the API (6443) and the ingress gateway's NodePort; none
+    # holds a world-open range unless allow_world_access.
     ssh_allowed_cidrs: tuple[str, ...]
     api_allowed_cidrs: tuple[str, ...]
     gateway_allowed_cidrs: tuple[str, ...]
     allow_world_access: bool
-    # Nodes without external addresses: egress through Cloud NAT, SSH through a bastion VM.
-    private_nodes: bool
     admin_user: str
     kubernetes_version: str
     kata_version: str
@@ -654,13 +651,11 @@ class _Exposure:
     risk: str
 
 
-def _exposures(private_nodes: bool, gateway_node_port: int) -> dict[str, _Exposure]:
-    ssh_target = "the bastion VM, the only way in to the nodes (privateNodes is true)"
+def _exposures(gateway_node_port: int) -> dict[str, _Exposure]:
     return {
         "sshAllowedCidrs": _Exposure(
-            f"SSH (22) on {ssh_target if private_nodes else 'every node'}",
-            "anyone on the internet could try SSH logins "
-            f"{'on the bastion' if private_nodes else 'on every node'}, with any key that leaks, "
+            "SSH (22) on every node",
+            "anyone on the internet could try SSH logins on every node, with any key that leaks, "
             "and reach any sshd flaw before it is patched",
         ),
         "apiAllowedCidrs": _Exposure(
@@ -715,13 +710,12 @@ def _check_access(
     r: _Reader,
     listed: Mapping[str, tuple[str, ...]],
     allow_world_access: bool,
-    private_nodes: bool,
     ingress_gateway: bool,
     gateway_node_port: int,
 ) -> None:
     """Who may reach the cluster: sshAllowedCidrs and apiAllowedCidrs are always required,
     gatewayAllowedCidrs with the gateway on; every listed range is checked, world-open ones too."""
-    exposures = _exposures(private_nodes, gateway_node_port)
+    exposures = _exposures(gateway_node_port)
     for key in ("sshAllowedCidrs", "apiAllowedCidrs"):
         missing = _required_fix(key, exposures[key].reaches)
         _check_allowed_cidrs(r, key, listed[key], exposures[key], allow_world_access, missing)
@@ -842,7 +836,6 @@ def _read(raw: Mapping[str, str | None], stack: str) -> tuple[_Reader, Settings 
     api_allowed_cidrs = r.string_list("apiAllowedCidrs")
     gateway_allowed_cidrs = r.string_list("gatewayAllowedCidrs")
     allow_world_access = r.boolean("allowWorldAccess")
-    private_nodes = r.boolean("privateNodes")
     admin_user = r.string("adminUser")
     ssh_private_key = r.string("sshPrivateKey") or None
     kubernetes_version = r.string("kubernetesVersion")
@@ -895,7 +888,6 @@ def _read(raw: Mapping[str, str | None], stack: str) -> tuple[_Reader, Settings 
             "gatewayAllowedCidrs": gateway_allowed_cidrs,
         },
         allow_world_access,
-        private_nodes,
         ingress_gateway,
         gateway_node_port,
     )
@@ -942,7 +934,6 @@ def _read(raw: Mapping[str, str | None], stack: str) -> tuple[_Reader, Settings 
         api_allowed_cidrs=api_allowed_cidrs,
         gateway_allowed_cidrs=gateway_allowed_cidrs,
         allow_world_access=allow_world_access,
-        private_nodes=private_nodes,
         admin_user=admin_user,
         kubernetes_version=kubernetes_version,
         kata_version=kata_version,

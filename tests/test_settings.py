@@ -743,10 +743,10 @@ def test_the_fix_commands_name_the_project_pulumi_yaml_declares():
     assert yaml.safe_load((ROOT / "Pulumi.yaml").read_text())["name"] == PROJECT_NAME
 
 
-# --- who may reach the cluster: world-open ranges, the gateway's own ranges, private nodes -------
+# --- who may reach the cluster: world-open ranges, the gateway's own ranges ---------------------
 
 ACCESS_KEYS = ["sshAllowedCidrs", "apiAllowedCidrs", "gatewayAllowedCidrs"]
-NEW_ACCESS_SETTINGS = ["allowWorldAccess", "privateNodes", "gatewayAllowedCidrs"]
+NEW_ACCESS_SETTINGS = ["allowWorldAccess", "gatewayAllowedCidrs"]
 # What each message says anyone on the internet could then do.
 WORLD_RISKS = {
     "sshAllowedCidrs": "anyone on the internet could try SSH logins on every node",
@@ -759,28 +759,21 @@ def test_access_settings_are_off_or_empty_by_default_and_parsed():
     declared = yaml.safe_load((ROOT / "Pulumi.yaml").read_text())["config"]
     assert {key: (declared[key]["type"], declared[key]["default"]) for key in NEW_ACCESS_SETTINGS} == {
         "allowWorldAccess": ("boolean", False),
-        "privateNodes": ("boolean", False),
         "gatewayAllowedCidrs": ("array", []),
     }
     settings = parse_settings(raw(), "dev")
-    assert (settings.allow_world_access, settings.private_nodes) == (False, False)
+    assert settings.allow_world_access is False
     assert settings.gateway_allowed_cidrs == ("203.0.113.0/24",)  # the operator's, tests/harness.py
-    settings = parse_settings(
-        raw(allowWorldAccess="true", privateNodes="true", gatewayAllowedCidrs='["192.0.2.0/24"]'), "dev"
-    )
-    assert (settings.allow_world_access, settings.private_nodes) == (True, True)
+    settings = parse_settings(raw(allowWorldAccess="true", gatewayAllowedCidrs='["192.0.2.0/24"]'), "dev")
+    assert settings.allow_world_access is True
     assert settings.gateway_allowed_cidrs == ("192.0.2.0/24",)
 
 
-@pytest.mark.parametrize("key", ["allowWorldAccess", "privateNodes"])
-def test_the_new_switches_are_true_or_false(key):
-    assert problems(**{key: "yes"})[key] == f"{key} = yes: must be true or false"
-
-
-def test_staging_and_prod_have_private_nodes_and_dev_does_not():
-    assert parse_settings(raw(), "dev").private_nodes is False
-    assert parse_settings(stack_raw("staging"), "staging").private_nodes is True
-    assert parse_settings(stack_raw("prod"), "prod").private_nodes is True
+def test_allow_world_access_is_true_or_false():
+    assert (
+        problems(allowWorldAccess="yes")["allowWorldAccess"]
+        == "allowWorldAccess = yes: must be true or false"
+    )
 
 
 @pytest.mark.parametrize("key", ACCESS_KEYS)
@@ -828,13 +821,13 @@ def test_a_world_open_range_is_never_offered_as_a_hint():
     assert "did you mean 0.0.0.0/0?" in message
 
 
-def test_with_private_nodes_ssh_messages_speak_of_the_bastion():
-    message = problems(privateNodes="true", sshAllowedCidrs="[]")["sshAllowedCidrs"]
-    assert "SSH (22) on the bastion VM, the only way in to the nodes (privateNodes is true)" in message
+def test_ssh_messages_speak_of_every_node():
+    message = problems(sshAllowedCidrs="[]")["sshAllowedCidrs"]
+    assert "SSH (22) on every node" in message
     assert "`pulumi config set --path 'kata-mesh:sshAllowedCidrs[0]' 203.0.113.7/32`" in message
-    message = problems(privateNodes="true", sshAllowedCidrs='["0.0.0.0/0"]')["sshAllowedCidrs"]
-    assert "anyone on the internet could try SSH logins on the bastion" in message
-    assert "SSH (22) on every node" in problems(sshAllowedCidrs="[]")["sshAllowedCidrs"]
+    message = problems(sshAllowedCidrs='["0.0.0.0/0"]')["sshAllowedCidrs"]
+    assert "anyone on the internet could try SSH logins on every node" in message
+    assert "bastion" not in message
 
 
 def test_the_gateway_needs_its_own_ranges():
@@ -870,7 +863,6 @@ def test_every_access_problem_is_reported_at_once():
     with pytest.raises(SettingsError) as caught:
         parse_settings(
             raw(
-                privateNodes="true",
                 sshAllowedCidrs="[]",
                 apiAllowedCidrs='["0.0.0.0/0"]',
                 ingressGateway="true",
@@ -888,7 +880,7 @@ def test_every_access_problem_is_reported_at_once():
     message = str(caught.value)
     assert message.startswith("4 problem(s) in the stack settings")
     assert "`pulumi config set --path 'kata-mesh:<key>[<index>]' <value>`" in message.splitlines()[0]
-    assert "the bastion VM" in message
+    assert "SSH (22) on every node" in message
     assert "allowWorldAccess true" in message
     assert "ingressGateway is true" in message
 

@@ -284,14 +284,6 @@ def test_stack_files_hold_no_access_ranges_and_say_which_the_operator_sets(stack
     assert gateway == bool(stack_file(stack).get(f"{PROJECT}:ingressGateway"))
 
 
-def test_staging_and_prod_ask_for_private_nodes_and_dev_keeps_public_ips():
-    assert {stack: stack_file(stack).get(f"{PROJECT}:privateNodes", False) for stack in STACKS} == {
-        "dev": False,
-        "staging": True,
-        "prod": True,
-    }
-
-
 def test_prod_s_stack_file_alone_refuses_the_gateway_without_its_ranges():
     """Without the operator's gatewayAllowedCidrs, prod (ingressGateway true) stops before declaring
     anything rather than opening the gateway to the API's ranges or the world."""
