@@ -56,6 +56,7 @@ node_steps_for_stack = node_steps(
         kubernetes_version=settings.kubernetes_version,
         kata=settings.kata,
         artifact_mirror_url=settings.artifact_mirror_url,
+        pod_cidr=settings.pod_cidr,
     )
 )
 provisioning = {

@@ -40,6 +40,13 @@ KATA_LINKS = (
     "qemu-system-x86_64",
 )
 CLOUD_INIT_TIMEOUT_SECONDS = 900
+# The GCE metadata server (metadata.google.internal), which pods may not reach; the step's
+# nftables table, its ruleset file and the unit that loads it at boot.
+METADATA_IP = "169.254.169.254"
+METADATA_BLOCK_TABLE = "kata_mesh_metadata"
+METADATA_BLOCK_RULESET = "/etc/kata-mesh/metadata-block.nft"
+METADATA_BLOCK_UNIT = "/etc/systemd/system/kata-mesh-metadata-block.service"
+METADATA_BLOCK_PACKAGES = ("nftables",)
 
 
 @functools.cache
@@ -83,6 +90,8 @@ class ProvisioningSpec:
     kubernetes_version: str
     kata: versions.Artifact
     artifact_mirror_url: str | None = None
+    # The podCidr setting (the program passes it; Flannel's default otherwise).
+    pod_cidr: str = "10.244.0.0/16"
 
     def url(self, artifact: versions.Artifact) -> str:
         """Where the nodes fetch an artifact: the mirror when set, else upstream; checksums either way."""
@@ -102,7 +111,7 @@ def b64(text: str) -> str:
 
 
 def node_steps(spec: ProvisioningSpec) -> list[NodeStep]:
-    """The five steps every node runs, in order."""
+    """The six steps every node runs, in order."""
     containerd_major = int(versions.CONTAINERD.version.split(".")[0])
     return [
         NodeStep(
@@ -118,6 +127,19 @@ def node_steps(spec: ProvisioningSpec) -> list[NodeStep]:
                 ("modules", " ".join(KERNEL_MODULES)),
                 ("sysctls", " ".join(SYSCTLS)),
                 ("packages", " ".join(NODE_PACKAGES)),
+            ),
+        ),
+        # Before containerd: no pod ever runs on a node without the block.
+        NodeStep(
+            "metadata-block",
+            "15-metadata-block.sh",
+            (
+                ("pod-cidr", spec.pod_cidr),
+                ("metadata-ip", METADATA_IP),
+                ("table", METADATA_BLOCK_TABLE),
+                ("ruleset-path", METADATA_BLOCK_RULESET),
+                ("unit-path", METADATA_BLOCK_UNIT),
+                ("packages", " ".join(METADATA_BLOCK_PACKAGES)),
             ),
         ),
         NodeStep(

@@ -8,9 +8,10 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 # Debian's containerd loads the rendered 1.x config for real; zstd packs the test Kata release;
 # jq runs inside the verification scripts; graphviz draws the plan's graph; a real etcd cluster
-# (etcd-server, etcd-client) is what the control plane removal step is tested against.
+# (etcd-server, etcd-client) is what the control plane removal step is tested against; nftables
+# and iproute2 (nft, ip netns) run the metadata block between the test's network namespaces.
 declare -A debian_packages=([containerd]=containerd [zstd]=zstd [jq]=jq [dot]=graphviz
-  [etcd]=etcd-server [etcdctl]=etcd-client)
+  [etcd]=etcd-server [etcdctl]=etcd-client [nft]=nftables [ip]=iproute2)
 missing=()
 for command_name in "${!debian_packages[@]}"; do
   command -v "$command_name" >/dev/null || missing+=("${debian_packages[$command_name]}")

@@ -278,9 +278,10 @@ def test_each_node_runs_its_own_steps_and_the_control_plane_runs_the_clusters():
     }
     for node, commands in nodes.items():
         scripts = [c.script for c in commands]
-        assert scripts[:5] == [
+        assert scripts[:6] == [
             "00-wait-ready.sh",
             "10-prerequisites.sh",
+            "15-metadata-block.sh",
             "20-containerd.sh",
             "30-kata.sh",
             "40-kubernetes.sh",

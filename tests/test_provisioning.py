@@ -1,4 +1,4 @@
-"""Node provisioning under the mock engine: five steps per node, in order, each node on its own."""
+"""Node provisioning under the mock engine: six steps per node, in order, each node on its own."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from components.settings import parse_settings
 
 COMMAND = "command:remote:Command"
 INSTANCE = "gcp:compute/instance:Instance"
-STEP_ORDER = ["wait-ready", "prerequisites", "containerd", "kata", "kubernetes"]
+STEP_ORDER = ["wait-ready", "prerequisites", "metadata-block", "containerd", "kata", "kubernetes"]
 
 
 run = cached_run
@@ -42,7 +42,7 @@ def steps_by_node(program: ProgramRun) -> dict[str, list[Registration]]:
 
 @pytest.mark.parametrize("preview", [True, False], ids=["preview", "up"])
 @pytest.mark.parametrize("stack", STACKS)
-def test_every_node_gets_the_five_steps_in_order(stack, preview):
+def test_every_node_gets_the_six_steps_in_order(stack, preview):
     program = run(stack, preview)
     nodes = steps_by_node(program)
     provisioning = [
@@ -98,7 +98,9 @@ def node_steps_for(stack: str, **overrides: str) -> list[NodeStep]:
     config = {k.removeprefix(f"{PROJECT}:"): v for k, v in stack_config(stack, overrides).items()}
     settings = parse_settings(config, stack)
     return node_steps(
-        ProvisioningSpec(settings.kubernetes_version, settings.kata, settings.artifact_mirror_url)
+        ProvisioningSpec(
+            settings.kubernetes_version, settings.kata, settings.artifact_mirror_url, settings.pod_cidr
+        )
     )
 
 
@@ -165,6 +167,33 @@ def test_bumping_kata_reruns_only_the_kata_step_and_replaces_no_vm(monkeypatch):
     for urn in before:
         if urn.endswith("-provision-kata"):
             assert before[urn]["triggers"][0] != after[urn]["triggers"][0]
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_the_metadata_block_keeps_the_stacks_pods_off_the_metadata_server(stack):
+    block = dict(next(s for s in node_steps_for(stack) if s.name == "metadata-block").args)
+    assert block["pod-cidr"] == stack_config(stack)[f"{PROJECT}:podCidr"]
+    assert block["metadata-ip"] == "169.254.169.254"
+
+
+def test_a_new_pod_cidr_reruns_only_the_metadata_block_and_replaces_no_vm():
+    current = run("dev", False)
+    moved = run_program("dev", preview=False, overrides={f"{PROJECT}:podCidr": "10.200.0.0/16"})
+    before = {r.urn: r.inputs for r in current.registrations}
+    after = {r.urn: r.inputs for r in moved.registrations}
+    assert before.keys() == after.keys()
+    changed_steps = sorted(
+        urn.rsplit("::", 1)[1] for urn in before if "-provision-" in urn and before[urn] != after[urn]
+    )
+    assert changed_steps == [
+        "kata-mesh-dev-cp-0-provision-metadata-block",
+        "kata-mesh-dev-worker-0-provision-metadata-block",
+    ]
+    for urn in before:
+        if urn.endswith("-provision-metadata-block"):
+            assert "--pod-cidr 10.200.0.0/16 " in after[urn]["create"]
+    vms = [r.urn for r in current.of_type(INSTANCE)]
+    assert vms and all(before[urn] == after[urn] for urn in vms)
 
 
 def test_a_replaced_vm_reruns_every_step_on_it():
