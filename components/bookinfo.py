@@ -1,4 +1,5 @@
-"""Istio's Bookinfo sample, every workload in a Kata VM, in its own injected namespace."""
+"""Istio's Bookinfo sample, every workload in a Kata VM, in its own injected sandbox namespace
+(the Kata admission policy applies there: every pod it runs is one the policy admits)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_kubernetes as k8s
 
+from components.admission import sandbox_namespace_labels
 from components.workloads import RUNTIME_CLASS, one_replica_deployment
 
 BOOKINFO_IMAGE = "docker.io/istio/examples-bookinfo-{service}-{version}:1.20.3"
@@ -42,7 +44,7 @@ class Bookinfo(pulumi.ComponentResource):
         child = pulumi.ResourceOptions(parent=self, provider=args.provider, depends_on=[args.mesh_ready])
         namespace = k8s.core.v1.Namespace(
             f"{name}-namespace",
-            metadata=k8s.meta.v1.ObjectMetaArgs(name=args.namespace, labels={"istio-injection": "enabled"}),
+            metadata=k8s.meta.v1.ObjectMetaArgs(name=args.namespace, labels=sandbox_namespace_labels()),
             opts=child,
         )
         in_namespace = pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[namespace]))

@@ -16,7 +16,7 @@ from components import versions
 from components.node_provisioning import NodeStep, b64, remote_step, ssh_connection
 from components.nodes import NodeVm
 from components.verification import HaEvidence, verify
-from components.workloads import HTTPBIN_PORT
+from components.workloads import HTTPBIN_PORT, RUNTIME_CLASS, runc_namespace
 
 CGROUP_ROOT = "/sys/fs/cgroup/kubepods.slice"
 ROLLOUT_TIMEOUT_SECONDS = 600
@@ -76,6 +76,44 @@ class ProofArgs:
     # The node that probes api_endpoint: the first worker, or the first control plane when there
     # are no workers (a control plane is answered by itself, not through the load balancer).
     probe_node: NodeVm
+    # The runc twin's namespace; by default the one HttpbinApp gives it beside `namespace` (a
+    # runc pod is refused in the app's sandbox namespace).
+    runc_namespace: str | None = None
+
+
+def app_namespaces(args: ProofArgs) -> dict[str, str]:
+    """Each app the proof judges, with its namespace: the Kata app's, then the runc twin's."""
+    found = {args.app: args.namespace}
+    if args.runc_twin:
+        found[args.runc_twin] = args.runc_namespace or runc_namespace(args.namespace)
+    return found
+
+
+def mesh_facts_step(args: ProofArgs) -> NodeStep:
+    """96-mesh-facts.sh: each app as <namespace>/<deployment>; the in-mesh client, in a Kata VM (the
+    sandbox's admission policy admits nothing else), in the Kata app's namespace."""
+    return NodeStep(
+        "mesh-facts",
+        "96-mesh-facts.sh",
+        (
+            ("namespace", args.namespace),
+            ("apps", " ".join(f"{namespace}/{app}" for app, namespace in app_namespaces(args).items())),
+            ("client-image", versions.MESH_CLIENT_IMAGE),
+            ("client-runtime-class", RUNTIME_CLASS),
+            ("url", f"http://{args.app}.{args.namespace}:{HTTPBIN_PORT}/get"),
+            ("timeout-seconds", str(ROLLOUT_TIMEOUT_SECONDS)),
+        ),
+    )
+
+
+def kata_evidence_step(args: ProofArgs) -> NodeStep:
+    """95-kata-evidence.sh on every node: the sandboxes of the apps' namespaces."""
+    namespaces = dict.fromkeys(app_namespaces(args).values())
+    return NodeStep(
+        "kata-evidence",
+        "95-kata-evidence.sh",
+        (("namespaces", " ".join(namespaces)), ("cgroup-root", CGROUP_ROOT)),
+    )
 
 
 class Proof(pulumi.ComponentResource):
@@ -87,29 +125,15 @@ class Proof(pulumi.ComponentResource):
         triggers = [args.app_fingerprint, args.run_id]
         cp = args.control_plane
         cp_connection = ssh_connection(cp.external_ip, args.admin_user, args.private_key)
-        apps = [args.app] + ([args.runc_twin] if args.runc_twin else [])
+        namespaces = app_namespaces(args)
         facts = remote_step(
             f"{name}-mesh-facts",
-            NodeStep(
-                "mesh-facts",
-                "96-mesh-facts.sh",
-                (
-                    ("namespace", args.namespace),
-                    ("apps", " ".join(apps)),
-                    ("client-image", versions.MESH_CLIENT_IMAGE),
-                    ("url", f"http://{args.app}.{args.namespace}:{HTTPBIN_PORT}/get"),
-                    ("timeout-seconds", str(ROLLOUT_TIMEOUT_SECONDS)),
-                ),
-            ),
+            mesh_facts_step(args),
             cp_connection,
             pulumi.ResourceOptions(parent=self, depends_on=list(args.app_resources)),
             extra_triggers=triggers,
         )
-        evidence_step = NodeStep(
-            "kata-evidence",
-            "95-kata-evidence.sh",
-            (("namespace", args.namespace), ("cgroup-root", CGROUP_ROOT)),
-        )
+        evidence_step = kata_evidence_step(args)
         evidence = [
             remote_step(
                 f"{vm.node_name}-kata-evidence",
@@ -130,7 +154,7 @@ class Proof(pulumi.ComponentResource):
             if ha_steps:
                 *docs, ha_facts, probe = docs
                 ha = HaEvidence(ha_facts, probe, control_plane_names)
-            return verify(facts_doc, docs, args.app, args.runc_twin, ha).as_dict()
+            return verify(facts_doc, docs, args.app, args.runc_twin, ha, namespaces).as_dict()
 
         self.report = pulumi.Output.all(
             facts.stdout, *(e.stdout for e in evidence), *(s.stdout for s in ha_steps)

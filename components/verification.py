@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -41,12 +41,14 @@ def _time(stamp: str) -> datetime:
     return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
 
 
-def app_pod(pods: dict, app: str) -> dict | None:
-    """The newest non-terminating pod labelled app=<app>."""
+def app_pod(pods: dict, app: str, namespace: str | None = None) -> dict | None:
+    """The newest non-terminating pod labelled app=<app> (in the namespace, when one is given)."""
     candidates = [
         p
         for p in pods.get("items", [])
-        if p["metadata"].get("labels", {}).get("app") == app and "deletionTimestamp" not in p["metadata"]
+        if p["metadata"].get("labels", {}).get("app") == app
+        and "deletionTimestamp" not in p["metadata"]
+        and namespace in (None, p["metadata"].get("namespace"))
     ]
     candidates.sort(key=lambda p: p["metadata"]["creationTimestamp"], reverse=True)
     return candidates[0] if candidates else None
@@ -114,11 +116,11 @@ def request_outcome(request: dict) -> tuple[int | None, bool]:
 
 
 def _runtime_details(
-    report: Report, app: str, facts: dict, evidence: Sequence[dict], want_kata: bool
+    report: Report, app: str, namespace: str | None, facts: dict, evidence: Sequence[dict], want_kata: bool
 ) -> dict[str, Any] | None:
-    pod = app_pod(facts.get("pods", {}), app)
+    pod = app_pod(facts.get("pods", {}), app, namespace)
     if pod is None:
-        report.problems.append(f"no {app} pod found")
+        report.problems.append(f"no {app} pod found" + (f" in namespace {namespace}" if namespace else ""))
         return None
     name = pod["metadata"]["name"]
     node = pod["spec"].get("nodeName")
@@ -157,6 +159,7 @@ def _runtime_details(
         report.problems.append(f"{name} was meant to run under runc but runs under Kata")
     return {
         "pod": name,
+        "namespace": pod["metadata"].get("namespace"),
         "node": node,
         "phase": phase,
         "ready": f"{ready}/{total}",
@@ -176,13 +179,20 @@ def verify(
     app: str,
     runc_twin: str | None,
     ha: HaEvidence | None = None,
+    namespaces: Mapping[str, str] | None = None,
 ) -> Report:
     """Every check of the proof; the report carries the measurements of Kata beside runc, and,
-    with 3 or more control planes (`ha`), the HA checks under "ha" (null otherwise)."""
+    with 3 or more control planes (`ha`), the HA checks under "ha" (null otherwise).
+
+    `namespaces` maps an app to its namespace (the Kata app's sandbox, the runc twin's own): its
+    pod is looked for there only. An app it does not name is looked for in every namespace."""
+    where = dict(namespaces or {})
     report = Report()
-    report.details["kata"] = _runtime_details(report, app, facts, evidence, want_kata=True)
+    report.details["kata"] = _runtime_details(report, app, where.get(app), facts, evidence, want_kata=True)
     report.details["runc"] = (
-        _runtime_details(report, runc_twin, facts, evidence, want_kata=False) if runc_twin else None
+        _runtime_details(report, runc_twin, where.get(runc_twin), facts, evidence, want_kata=False)
+        if runc_twin
+        else None
     )
     kata, runc = report.details["kata"], report.details["runc"]
     report.details["kataCostBesideRunc"] = (

@@ -1,4 +1,5 @@
-"""The kata-runtime RuntimeClass and the seed's httpbin app, meshed, in a Kata VM (and under runc)."""
+"""The kata-runtime RuntimeClass (and the admission policy that makes it mandatory in sandbox
+namespaces) and the seed's httpbin app, meshed, in a Kata VM (and, in its own namespace, under runc)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,17 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_kubernetes as k8s
 
+from components.admission import (
+    KATA_RUNTIME_CLASS,
+    MESHED_POD_SECURITY,
+    SandboxAdmission,
+    sandbox_namespace_labels,
+)
 from components.kubeadm_config import KATA_NODE_LABEL
+from components.mesh import GATEWAY_NAME, GATEWAY_NAMESPACE, TRUST_DOMAIN
 from components.node_config import KATA_HANDLER
 
-RUNTIME_CLASS = "kata-runtime"
+RUNTIME_CLASS = KATA_RUNTIME_CLASS
 # kata-deploy's newest QEMU overhead: the VMM runs inside the pod cgroup, and 160Mi let it be
 # OOM-killed (REFERENCE section 4).
 KATA_POD_OVERHEAD = {"cpu": "250m", "memory": "320Mi"}
@@ -22,6 +30,20 @@ HTTPBIN_RESOURCES = {
     "requests": {"cpu": "100m", "memory": "128Mi"},
     "limits": {"cpu": "500m", "memory": "256Mi"},
 }
+HTTPBIN = "httpbin"
+RUNC_TWIN = "httpbin-runc"
+# Who may call httpbin: any workload with a mesh identity (SPIFFE ID
+# spiffe://<trust domain>/ns/<namespace>/sa/<service account>, which Istio's AuthorizationPolicy
+# sees as the principal without "spiffe://"). Istio matches a principal exactly, by prefix
+# ("abc*"), by suffix ("*abc") or for presence ("*"): a "*" between parts would be taken literally.
+IN_MESH_PRINCIPALS = f"{TRUST_DOMAIN}/ns/*"
+# The ingress gateway's identity: its chart names its ServiceAccount after the release.
+GATEWAY_PRINCIPAL = f"{TRUST_DOMAIN}/ns/{GATEWAY_NAMESPACE}/sa/{GATEWAY_NAME}"
+
+
+def runc_namespace(namespace: str) -> str:
+    """The runc twin's namespace beside the app's: runc pods are refused in the app's sandbox one."""
+    return f"{namespace}-runc"
 
 
 def one_replica_deployment(
@@ -59,9 +81,14 @@ def one_replica_deployment(
 
 
 class KataRuntimeClass(pulumi.ComponentResource):
-    """RuntimeClass kata-runtime (handler kata), scheduled only onto nodes labelled for Kata."""
+    """RuntimeClass kata-runtime (handler kata), scheduled only onto nodes labelled for Kata, and
+    the admission policy that admits nothing else in namespaces labelled kata-mesh.io/sandbox=true.
+
+    The RuntimeClass is made after the policy and its binding, so every Kata workload (each waits
+    for the RuntimeClass) is admitted under the policy from its first pod."""
 
     runtime_class: k8s.node.v1.RuntimeClass
+    admission: SandboxAdmission
 
     def __init__(
         self,
@@ -72,15 +99,22 @@ class KataRuntimeClass(pulumi.ComponentResource):
     ) -> None:
         super().__init__("kata-mesh:workloads:KataRuntimeClass", name, None, opts)
         label, value = KATA_NODE_LABEL
+        self.admission = SandboxAdmission(
+            f"{name}-admission", provider, cluster_ready, pulumi.ResourceOptions(parent=self)
+        )
         self.runtime_class = k8s.node.v1.RuntimeClass(
             name,
             metadata=k8s.meta.v1.ObjectMetaArgs(name=RUNTIME_CLASS),
             handler=KATA_HANDLER,
             overhead=k8s.node.v1.OverheadArgs(pod_fixed=KATA_POD_OVERHEAD),
             scheduling=k8s.node.v1.SchedulingArgs(node_selector={label: value}),
-            opts=pulumi.ResourceOptions(parent=self, provider=provider, depends_on=[cluster_ready]),
+            opts=pulumi.ResourceOptions(
+                parent=self, provider=provider, depends_on=[cluster_ready, self.admission.binding]
+            ),
         )
-        self.register_outputs({"name": self.runtime_class.metadata.name})
+        self.register_outputs(
+            {"name": self.runtime_class.metadata.name, "policy": self.admission.policy.metadata.name}
+        )
 
 
 @dataclass(frozen=True)
@@ -97,15 +131,33 @@ class HttpbinArgs:
 
 def app_fingerprint(args: HttpbinArgs) -> str:
     """Changes whenever what the app's pods run changes, so the proof runs again."""
-    shape = [args.namespace, args.image, args.runc_twin, RUNTIME_CLASS, KATA_POD_OVERHEAD, HTTPBIN_RESOURCES]
+    shape = [
+        args.namespace,
+        args.image,
+        args.runc_twin,
+        runc_namespace(args.namespace) if args.runc_twin else None,
+        RUNTIME_CLASS,
+        KATA_POD_OVERHEAD,
+        HTTPBIN_RESOURCES,
+    ]
     return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()
 
 
+def allowed_principals(gateway: bool) -> list[str]:
+    """The identities httpbin answers: in-mesh workloads, and the ingress gateway when it is on
+    (inside the in-mesh prefix too, but named: narrowing the prefix must not cut the route)."""
+    return [IN_MESH_PRINCIPALS] + ([GATEWAY_PRINCIPAL] if gateway else [])
+
+
 class HttpbinApp(pulumi.ComponentResource):
-    """httpbin as the seed had it, in a namespace with sidecar injection and STRICT mutual TLS."""
+    """httpbin as the seed had it, in a Kata VM, in a sandbox namespace (sidecar injection, the Kata
+    admission policy, STRICT mutual TLS, callers limited to mesh identities); with runcTwin, the
+    same app under runc in a namespace of its own, in the same mesh and under the same rules but
+    not a sandbox (the policy would refuse a runc pod there)."""
 
     namespace: k8s.core.v1.Namespace
     deployment: k8s.apps.v1.Deployment
+    twin_namespace: k8s.core.v1.Namespace | None
     twin: k8s.apps.v1.Deployment | None
     fingerprint: str
 
@@ -116,46 +168,61 @@ class HttpbinApp(pulumi.ComponentResource):
         self._child = pulumi.ResourceOptions(
             parent=self, provider=args.provider, depends_on=[args.mesh_ready]
         )
-        self.namespace = k8s.core.v1.Namespace(
-            f"{name}-namespace",
-            metadata=k8s.meta.v1.ObjectMetaArgs(name=args.namespace, labels={"istio-injection": "enabled"}),
-            opts=self._child,
-        )
-        self._in_namespace = pulumi.ResourceOptions.merge(
-            self._child, pulumi.ResourceOptions(depends_on=[self.namespace])
-        )
-        self.service_account = k8s.core.v1.ServiceAccount(
-            f"{name}-service-account",
-            metadata=self._metadata("httpbin"),
-            opts=self._in_namespace,
-        )
-        self.service, self.deployment = self._app(name, "httpbin", RUNTIME_CLASS)
-        self.twin = None
+        self.namespace = self._namespace(f"{name}-namespace", args.namespace, sandbox_namespace_labels())
+        self.service, self.deployment = self._app(name, HTTPBIN, self.namespace, RUNTIME_CLASS)
+        self.twin_namespace, self.twin = None, None
         if args.runc_twin:
             # The same app under runc, in the same mesh: the seed's "several runtimes side by side".
-            _, self.twin = self._app(f"{name}-runc", "httpbin-runc", None)
+            self.twin_namespace = self._namespace(
+                f"{name}-runc-namespace",
+                runc_namespace(args.namespace),
+                {"istio-injection": "enabled", **MESHED_POD_SECURITY},
+            )
+            _, self.twin = self._app(f"{name}-runc", RUNC_TWIN, self.twin_namespace, None)
+        # Mesh-wide STRICT (components/mesh.py) covers this namespace too; this one keeps the
+        # sandbox STRICT should the mesh-wide mode ever be relaxed (a namespace's policy wins).
         self.peer_authentication = k8s.apiextensions.CustomResource(
             f"{name}-mtls-strict",
             api_version="security.istio.io/v1",
             kind="PeerAuthentication",
-            metadata=self._metadata("default"),
+            metadata=self._metadata("default", self.namespace),
             spec={"mtls": {"mode": "STRICT"}},
-            opts=self._in_namespace,
+            opts=self._in(self.namespace),
         )
         if args.gateway:
             self._route_from_gateway(name)
         self.register_outputs({"namespace": self.namespace.metadata.name})
 
-    def _metadata(self, name: str, labels: dict[str, str] | None = None) -> k8s.meta.v1.ObjectMetaArgs:
-        return k8s.meta.v1.ObjectMetaArgs(name=name, namespace=self.namespace.metadata.name, labels=labels)
+    def _namespace(self, resource_name: str, namespace: str, labels: dict[str, str]) -> k8s.core.v1.Namespace:
+        return k8s.core.v1.Namespace(
+            resource_name,
+            metadata=k8s.meta.v1.ObjectMetaArgs(name=namespace, labels=labels),
+            opts=self._child,
+        )
+
+    def _in(self, namespace: k8s.core.v1.Namespace) -> pulumi.ResourceOptions:
+        return pulumi.ResourceOptions.merge(self._child, pulumi.ResourceOptions(depends_on=[namespace]))
+
+    @staticmethod
+    def _metadata(
+        name: str, namespace: k8s.core.v1.Namespace, labels: dict[str, str] | None = None
+    ) -> k8s.meta.v1.ObjectMetaArgs:
+        return k8s.meta.v1.ObjectMetaArgs(name=name, namespace=namespace.metadata.name, labels=labels)
 
     def _app(
-        self, resource_name: str, app: str, runtime_class: str | None
+        self, resource_name: str, app: str, namespace: k8s.core.v1.Namespace, runtime_class: str | None
     ) -> tuple[k8s.core.v1.Service, k8s.apps.v1.Deployment]:
+        """The app's ServiceAccount (its mesh identity), Service, Deployment and AuthorizationPolicy."""
+        in_namespace = self._in(namespace)
         labels = {"app": app, "version": "v1"}
+        account = k8s.core.v1.ServiceAccount(
+            f"{resource_name}-service-account",
+            metadata=self._metadata(app, namespace),
+            opts=in_namespace,
+        )
         service = k8s.core.v1.Service(
             f"{resource_name}-service",
-            metadata=self._metadata(app, {"app": app, "service": app}),
+            metadata=self._metadata(app, namespace, {"app": app, "service": app}),
             spec=k8s.core.v1.ServiceSpecArgs(
                 ports=[
                     k8s.core.v1.ServicePortArgs(
@@ -164,16 +231,30 @@ class HttpbinApp(pulumi.ComponentResource):
                 ],
                 selector={"app": app},
             ),
-            opts=self._in_namespace,
+            opts=in_namespace,
         )
-        depends_on: list[pulumi.Resource] = [self.namespace, self.service_account]
+        # An ALLOW policy on the app: a request without a mesh identity (plaintext, or from
+        # outside the mesh's trust domain) is refused even where mutual TLS were not STRICT.
+        k8s.apiextensions.CustomResource(
+            f"{resource_name}-authorization",
+            api_version="security.istio.io/v1",
+            kind="AuthorizationPolicy",
+            metadata=self._metadata(f"{app}-mesh-callers", namespace),
+            spec={
+                "selector": {"matchLabels": {"app": app}},
+                "action": "ALLOW",
+                "rules": [{"from": [{"source": {"principals": allowed_principals(self._args.gateway)}}]}],
+            },
+            opts=in_namespace,
+        )
+        depends_on: list[pulumi.Resource] = [namespace, account]
         if runtime_class is not None:
             depends_on.append(self._args.runtime_class)
         deployment = one_replica_deployment(
             f"{resource_name}-deployment",
-            self._metadata(app, labels),
+            self._metadata(app, namespace, labels),
             labels,
-            service_account="httpbin",
+            service_account=app,
             runtime_class=runtime_class,
             container=k8s.core.v1.ContainerArgs(
                 name="httpbin",
@@ -190,34 +271,33 @@ class HttpbinApp(pulumi.ComponentResource):
                     requests=HTTPBIN_RESOURCES["requests"], limits=HTTPBIN_RESOURCES["limits"]
                 ),
             ),
-            opts=pulumi.ResourceOptions.merge(
-                self._in_namespace, pulumi.ResourceOptions(depends_on=depends_on)
-            ),
+            opts=pulumi.ResourceOptions.merge(in_namespace, pulumi.ResourceOptions(depends_on=depends_on)),
         )
         return service, deployment
 
     def _route_from_gateway(self, name: str) -> None:
         """An Istio Gateway on the ingress gateway's port 80 and a route from it to httpbin."""
+        in_namespace = self._in(self.namespace)
         self.gateway = k8s.apiextensions.CustomResource(
             f"{name}-gateway",
             api_version="networking.istio.io/v1",
             kind="Gateway",
-            metadata=self._metadata("httpbin-gateway"),
+            metadata=self._metadata("httpbin-gateway", self.namespace),
             spec={
                 "selector": {"istio": "ingressgateway"},
                 "servers": [{"port": {"number": 80, "name": "http", "protocol": "HTTP"}, "hosts": ["*"]}],
             },
-            opts=self._in_namespace,
+            opts=in_namespace,
         )
         self.virtual_service = k8s.apiextensions.CustomResource(
             f"{name}-virtual-service",
             api_version="networking.istio.io/v1",
             kind="VirtualService",
-            metadata=self._metadata("httpbin"),
+            metadata=self._metadata(HTTPBIN, self.namespace),
             spec={
                 "hosts": ["*"],
                 "gateways": ["httpbin-gateway"],
-                "http": [{"route": [{"destination": {"host": "httpbin", "port": {"number": HTTPBIN_PORT}}}]}],
+                "http": [{"route": [{"destination": {"host": HTTPBIN, "port": {"number": HTTPBIN_PORT}}}]}],
             },
-            opts=self._in_namespace,
+            opts=in_namespace,
         )

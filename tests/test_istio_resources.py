@@ -30,6 +30,7 @@ from harness import (
 GATEWAY_ON = {f"{PROJECT}:ingressGateway": True}
 DECLARED_VERSIONS = {
     ("security.istio.io/v1", "PeerAuthentication"),
+    ("security.istio.io/v1", "AuthorizationPolicy"),
     ("networking.istio.io/v1", "Gateway"),
     ("networking.istio.io/v1", "VirtualService"),
 }
@@ -78,8 +79,23 @@ def istio_objects(stack: str) -> list[tuple[str, str, dict[str, Any]]]:
 
 
 def declared(kind: str) -> dict[str, Any]:
-    """A fresh copy of the dev stack's object of this kind (the gateway's from the gateway run)."""
-    return copy.deepcopy(next(o for _, _, o in istio_objects("dev") if o["kind"] == kind))
+    """A fresh copy of the dev stack's object of this kind in the app's namespace, httpbin (the
+    gateway's from the gateway run)."""
+    found = [o for _, _, o in istio_objects("dev") if o["kind"] == kind]
+    return copy.deepcopy(next(o for o in found if o["metadata"]["namespace"] == "httpbin"))
+
+
+def test_the_mesh_wide_and_the_app_policies_are_the_ones_checked():
+    names = {
+        (o["kind"], o["metadata"]["namespace"], o["metadata"]["name"]) for _, _, o in istio_objects("dev")
+    }
+    assert {
+        ("PeerAuthentication", "istio-system", "default"),
+        ("PeerAuthentication", "httpbin", "default"),
+        ("AuthorizationPolicy", "httpbin", "httpbin-mesh-callers"),
+        ("AuthorizationPolicy", "httpbin-runc", "httpbin-runc-mesh-callers"),
+    } <= names
+    assert declared("AuthorizationPolicy")["metadata"]["name"] == "httpbin-mesh-callers"
 
 
 @pytest.mark.parametrize("stack", STACKS)
@@ -112,6 +128,17 @@ def test_every_cel_rule_on_the_istio_resources_holds_and_was_evaluated(stack):
         outcomes.get(UNEVALUATED, []) + outcomes.get(TRANSITION, [])
     )
     assert ("PeerAuthentication", "spec", "portLevelMtls requires selector") in evaluated
+    assert ("AuthorizationPolicy", "spec", "only one of targetRefs or selector can be set") in evaluated
+    assert (
+        "AuthorizationPolicy",
+        "spec.rules[0].from[0].source",
+        "Cannot set serviceAccounts with namespaces or principals",
+    ) in evaluated
+    assert (
+        "AuthorizationPolicy",
+        "spec.selector.matchLabels[app]",
+        "wildcard not allowed in label value match",
+    ) in evaluated
 
 
 def test_every_cel_rule_of_the_crd_versions_we_declare_is_one_the_runtime_evaluates():
@@ -194,14 +221,14 @@ def test_the_crd_is_chosen_by_group_kind_and_served_version():
         crd_schema.find_version(unserved, "networking.istio.io/v1", "VirtualService")
 
 
-def set_path(obj: dict[str, Any], path: str, value: Any) -> None:
+def set_path(obj: Any, path: str, value: Any) -> None:
     *parents, last = [int(p) if p.isdigit() else p for p in path.split(".")]
     for part in parents:
         obj = obj[part]
     obj[last] = value
 
 
-def drop(obj: dict[str, Any], path: str) -> None:
+def drop(obj: Any, path: str) -> None:
     *parents, last = [int(p) if p.isdigit() else p for p in path.split(".")]
     for part in parents:
         obj = obj[part]
@@ -313,6 +340,24 @@ SCHEMA_MUTATIONS: list[tuple[str, Callable[[dict], None], str, str]] = [
         "apiVersion",
         "'security.istio.io/v1' was expected",
     ),
+    (
+        "AuthorizationPolicy",
+        lambda o: set_path(o, "spec.action", "ALLOWED"),
+        "spec.action",
+        "'ALLOWED' is not one of ['ALLOW', 'DENY', 'AUDIT', 'CUSTOM']",
+    ),
+    (
+        "AuthorizationPolicy",
+        lambda o: set_path(o, "spec.rules.0.from.0.source.principal", ["cluster.local/ns/*"]),
+        "spec.rules.0.from.0.source",
+        "Additional properties are not allowed ('principal' was unexpected)",
+    ),
+    (
+        "AuthorizationPolicy",
+        lambda o: set_path(o, "spec.rules.0.from.0.source.principals", "cluster.local/ns/*"),
+        "spec.rules.0.from.0.source.principals",
+        "'cluster.local/ns/*' is not of type 'array'",
+    ),
 ]
 
 
@@ -387,6 +432,18 @@ CEL_MUTATIONS: list[tuple[str, Callable[[dict], None], str, str]] = [
         ),
         "spec.servers[0].tls",
         "only one of credentialName or credentialNames can be set",
+    ),
+    (
+        "AuthorizationPolicy",
+        lambda o: set_path(o, "spec.rules.0.from.0.source.serviceAccounts", ["httpbin/httpbin"]),
+        "spec.rules[0].from[0].source",
+        "Cannot set serviceAccounts with namespaces or principals",
+    ),
+    (
+        "AuthorizationPolicy",
+        lambda o: set_path(o, "spec.targetRefs", [{"group": "", "kind": "Service", "name": "httpbin"}]),
+        "spec",
+        "only one of targetRefs or selector can be set",
     ),
 ]
 

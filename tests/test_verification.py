@@ -37,18 +37,38 @@ def problems_of(report) -> str:
 # --- Verdicts on recorded samples --------------------------------------------------------------
 
 
+NAMESPACES = {"httpbin": "httpbin", "httpbin-runc": "httpbin-runc"}
+
+
 def test_a_kata_pod_with_its_sidecar_answering_over_mtls_passes_and_is_measured_beside_runc():
-    report = verify(sample_facts(NODE), [sample_evidence(NODE)], "httpbin", "httpbin-runc")
+    report = verify(
+        sample_facts(NODE), [sample_evidence(NODE)], "httpbin", "httpbin-runc", namespaces=NAMESPACES
+    )
     assert report.passed, report.problems
     kata, runc = report.details["kata"], report.details["runc"]
+    assert (kata["namespace"], runc["namespace"]) == ("httpbin", "httpbin-runc")
     assert kata["runtimeHandler"] == "kata"
     assert kata["ready"] == "2/2" and kata["sidecar"] is True
     assert (kata["podKernel"], kata["nodeKernel"]) == (KATA_GUEST_KERNEL, "6.8.0-1017-gcp")
-    assert kata["processes"]["containerd-shim-kata-v2"] == kata["processes"]["qemu-system-x86_64"] == 1
+    # The app's VM and the in-mesh client's (a Kata pod too: its namespace admits nothing else).
+    assert kata["processes"]["containerd-shim-kata-v2"] == kata["processes"]["qemu-system-x86_64"] == 2
     assert (kata["startupSeconds"], runc["startupSeconds"]) == (30.0, 8.0)
     assert report.details["kataCostBesideRunc"] == {"startupSeconds": 22.0, "memoryBytes": 374_000_000}
     assert runc["runtimeHandler"] == ""
     assert report.details["request"] == {"status": 200, "mutualTls": True}
+
+
+def test_each_app_is_looked_for_in_its_own_namespace():
+    """The runc twin lives beside the app's sandbox namespace: a pod of it anywhere else (as
+    before the sandbox policy, in the app's namespace) is not the one judged."""
+    facts = sample_facts(NODE)
+    for pod in facts["pods"]["items"]:
+        pod["metadata"]["namespace"] = "httpbin"
+    report = verify(facts, [sample_evidence(NODE)], "httpbin", "httpbin-runc", namespaces=NAMESPACES)
+    assert report.problems == ["no httpbin-runc pod found in namespace httpbin-runc"]
+    assert report.details["runc"] is None and report.details["kata"]["namespace"] == "httpbin"
+    # Without namespaces, every namespace is looked in (as the HA tests call it).
+    assert verify(facts, [sample_evidence(NODE)], "httpbin", "httpbin-runc").passed
 
 
 def test_a_pod_that_runs_under_runc_fails():
@@ -152,6 +172,20 @@ def jq() -> None:
     require_tool("jq")
 
 
+def crictl_pods_with_others(tmp_path: Path) -> Path:
+    """crictl's answer on a node that also runs pods of other namespaces: Flannel's, and one whose
+    name begins with the app's."""
+    listing = sample("crictl-pods.json")
+    for name, namespace in (("kube-flannel-ds-x7k2p", "kube-flannel"), ("other-0", "httpbin-other")):
+        other = json.loads(json.dumps(listing["items"][1]))
+        other["id"] = f"{name}-sandbox"
+        other["metadata"].update(name=name, namespace=namespace, uid=f"uid-{name}")
+        listing["items"].append(other)
+    path = tmp_path / "crictl-pods-all.json"
+    path.write_text(json.dumps(listing))
+    return path
+
+
 def test_the_evidence_script_turns_crictl_and_ps_output_into_what_the_verdict_reads(tmp_path, jq):
     pods = sample("crictl-pods.json")["items"]
     env = fake_tools(
@@ -159,7 +193,7 @@ def test_the_evidence_script_turns_crictl_and_ps_output_into_what_the_verdict_re
         {
             "crictl": f"""case "$1 $*" in
   # Only the sandboxes that are ready: crictl lists stopped ones too otherwise.
-  "pods pods --namespace httpbin --state ready -o json") cat "$SAMPLES/crictl-pods.json" ;;
+  "pods pods --state ready -o json") cat {crictl_pods_with_others(tmp_path)} ;;
   *{pods[0]["id"]}*) cat "$SAMPLES/crictl-inspectp-kata.json" ;;
   *{pods[1]["id"]}*) cat "$SAMPLES/crictl-inspectp-runc.json" ;;
   *{pods[2]["id"]}*) cat "$SAMPLES/crictl-inspectp-client.json" ;;
@@ -178,26 +212,42 @@ esac""",
 
     result = run_script(
         "95-kata-evidence.sh",
-        (("namespace", "httpbin"), ("cgroup-root", str(tmp_path / "kubepods.slice"))),
+        (("namespaces", "httpbin httpbin-runc"), ("cgroup-root", str(tmp_path / "kubepods.slice"))),
         env,
     )
     assert result.returncode == 0, result.stderr
     evidence = json.loads(result.stdout)
     assert evidence["node"] == NODE
     assert evidence["memory"] == {kata_uid: 412000000}
+    # The apps' namespaces, each compared whole: not Flannel's, nor httpbin-other.
+    assert sorted(evidence["inspect"]) == sorted(p["id"] for p in pods)
+    assert [p["metadata"]["namespace"] for p in evidence["pods"]["items"]] == [
+        "httpbin",
+        "httpbin-runc",
+        "httpbin",
+    ]
     assert evidence["inspect"][pods[0]["id"]]["status"]["runtimeHandler"] == "kata"
-    report = verify(sample_facts(NODE), [evidence], "httpbin", None)
+    report = verify(sample_facts(NODE), [evidence], "httpbin", "httpbin-runc", namespaces=NAMESPACES)
     assert report.passed, report.problems
+    assert report.details["runc"]["runtimeHandler"] == ""
 
 
 def fake_kubectl(curl_sample: str) -> str:
-    return f"""case "$*" in
+    """Replays the recordings; every call is logged to $KUBECTL_LOG. Each namespace's pods are the
+    recorded ones of that namespace."""
+    return f"""echo "$*" >>"$KUBECTL_LOG"
+namespace_pods() {{ jq --arg ns "$1" '.items |= map(select(.metadata.namespace == $ns))' "$SAMPLES/kubectl-get-pods.json"; }}
+case "$*" in
   *"rollout status"* | *"delete pod mesh-client"* | *"run mesh-client"*) ;;
   *"wait --for=condition=Ready pod/mesh-client"*) ;;
+  *"get pod mesh-client -o json"*) jq '.items[] | select(.metadata.name == "mesh-client")' "$SAMPLES/kubectl-get-pods.json" ;;
   *"exec mesh-client"*) cat "$SAMPLES/{curl_sample}" ;;
-  *"get pods -l app=httpbin -o json"*) cat "$SAMPLES/kubectl-get-pods.json" ;;
+  *"get pods -l app=httpbin -o json"*) namespace_pods httpbin ;;
+  *"-n httpbin-runc get pods -l app=httpbin-runc -o json"*) namespace_pods httpbin-runc ;;
   *"exec httpbin-6b8f7c9d4-x2x7k"*) echo {KATA_GUEST_KERNEL} ;;
-  *"get pods -o json"*) cat "$SAMPLES/kubectl-get-pods.json" ;;
+  *"-n httpbin-runc exec httpbin-runc-5d9c8b7f6-q9w8e"*) echo 6.8.0-1017-gcp ;;
+  "-n httpbin get pods -o json") namespace_pods httpbin ;;
+  "-n httpbin-runc get pods -o json") namespace_pods httpbin-runc ;;
   *"get nodes -o json"*) cat "$SAMPLES/kubectl-get-nodes.json" ;;
   *) echo "unexpected: kubectl $*" >&2; exit 1 ;;
 esac"""
@@ -205,16 +255,29 @@ esac"""
 
 FACTS_ARGS = (
     ("namespace", "httpbin"),
-    ("apps", "httpbin"),
+    ("apps", "httpbin/httpbin"),
     ("client-image", "docker.io/curlimages/curl:8.11.1"),
+    ("client-runtime-class", "kata-runtime"),
     ("url", "http://httpbin.httpbin:8000/get"),
     ("timeout-seconds", "5"),
 )
+WITH_TWIN = tuple(
+    (key, "httpbin/httpbin httpbin-runc/httpbin-runc" if key == "apps" else value)
+    for key, value in FACTS_ARGS
+)
 
 
-def run_facts_with(tmp_path: Path, kubectl: str) -> subprocess.CompletedProcess[str]:
+def run_facts_with(
+    tmp_path: Path, kubectl: str, args: tuple[tuple[str, str], ...] = FACTS_ARGS
+) -> subprocess.CompletedProcess[str]:
     """96-mesh-facts.sh for httpbin, against a kubectl stand-in."""
-    return run_script("96-mesh-facts.sh", FACTS_ARGS, fake_tools(tmp_path, {"kubectl": kubectl}))
+    env = fake_tools(tmp_path, {"kubectl": kubectl})
+    env["KUBECTL_LOG"] = str(tmp_path / "kubectl.log")
+    return run_script("96-mesh-facts.sh", args, env)
+
+
+def kubectl_calls(tmp_path: Path) -> list[str]:
+    return (tmp_path / "kubectl.log").read_text().splitlines()
 
 
 def run_facts_script(tmp_path: Path, curl_sample: str) -> subprocess.CompletedProcess[str]:
@@ -232,8 +295,89 @@ def test_the_facts_script_turns_kubectl_and_curl_output_into_what_the_verdict_re
     facts = json.loads(result.stdout)
     assert facts["podKernels"] == {"httpbin-6b8f7c9d4-x2x7k": KATA_GUEST_KERNEL}
     assert facts["request"]["status"] == "200"
-    report = verify(facts, [sample_evidence(NODE)], "httpbin", None)
+    report = verify(facts, [sample_evidence(NODE)], "httpbin", None, namespaces=NAMESPACES)
     assert report.passed is passes, report.problems
+
+
+def test_the_facts_script_judges_the_runc_twin_in_its_own_namespace(tmp_path, jq):
+    result = run_facts_with(tmp_path, fake_kubectl("curl-get-mtls.txt"), WITH_TWIN)
+    assert result.returncode == 0, result.stderr
+    facts = json.loads(result.stdout)
+    assert facts["podKernels"] == {
+        "httpbin-6b8f7c9d4-x2x7k": KATA_GUEST_KERNEL,
+        "httpbin-runc-5d9c8b7f6-q9w8e": "6.8.0-1017-gcp",
+    }
+    # Both namespaces' pods, each once.
+    assert sorted((p["metadata"]["namespace"], p["metadata"]["name"]) for p in facts["pods"]["items"]) == [
+        ("httpbin", "httpbin-6b8f7c9d4-x2x7k"),
+        ("httpbin", "mesh-client"),
+        ("httpbin-runc", "httpbin-runc-5d9c8b7f6-q9w8e"),
+    ]
+    calls = kubectl_calls(tmp_path)
+    assert "-n httpbin rollout status deployment/httpbin --timeout=5s" in calls
+    assert "-n httpbin-runc rollout status deployment/httpbin-runc --timeout=5s" in calls
+    report = verify(facts, [sample_evidence(NODE)], "httpbin", "httpbin-runc", namespaces=NAMESPACES)
+    assert report.passed, report.problems
+    assert report.details["runc"]["podKernel"] == "6.8.0-1017-gcp"
+
+
+def test_the_mesh_client_runs_in_a_kata_vm_and_asks_for_its_sidecar(tmp_path, jq):
+    """The app's namespace is a sandbox: its admission policy refuses a client under runc."""
+    result = run_facts_script(tmp_path, "curl-get-mtls.txt")
+    assert result.returncode == 0, result.stderr
+    [run] = [c for c in kubectl_calls(tmp_path) if " run mesh-client " in c]
+    assert run.startswith(
+        "-n httpbin run mesh-client --image=docker.io/curlimages/curl:8.11.1 --restart=Never "
+    )
+    assert "--labels=app=mesh-client,sidecar.istio.io/inject=true" in run
+    overrides = json.loads(run.split("--overrides=", 1)[1].split(" --command", 1)[0])
+    assert overrides == {"apiVersion": "v1", "spec": {"runtimeClassName": "kata-runtime"}}
+    assert run.endswith("--command -- sleep 3600")
+
+
+CLIENT_FAILURES = {
+    "no-sidecar": (
+        (
+            """jq '.items[] | select(.metadata.name == "mesh-client")'""",
+            """jq '.items[] | select(.metadata.name == "mesh-client") | .spec.initContainers = []'""",
+        ),
+        [
+            "ERROR: the mesh client has no istio-proxy sidecar (its containers: mesh-client): "
+            "is istiod's injection webhook up?"
+        ],
+    ),
+    "refused": (
+        (
+            '*"rollout status"* | *"delete pod mesh-client"* | *"run mesh-client"*) ;;',
+            '*"rollout status"* | *"delete pod mesh-client"*) ;;\n'
+            '  *"run mesh-client"*) echo "Error from server (Forbidden): pods \\"mesh-client\\" is forbidden" >&2; exit 1 ;;',
+        ),
+        [
+            'pods "mesh-client" is forbidden',
+            "ERROR: could not create the mesh client pod in httpbin (kubectl's error above; "
+            "refused by an admission policy?)",
+        ],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CLIENT_FAILURES))
+def test_a_mesh_client_without_its_sidecar_or_refused_fails_the_step_saying_so(tmp_path, jq, case):
+    (old, new), messages = CLIENT_FAILURES[case]
+    kubectl = fake_kubectl("curl-get-mtls.txt")
+    assert old in kubectl
+    result = run_facts_with(tmp_path, kubectl.replace(old, new))
+    assert result.returncode == 1
+    for message in messages:
+        assert message in result.stderr
+    assert result.stdout == ""
+
+
+def test_the_facts_script_refuses_an_app_without_its_namespace(tmp_path, jq):
+    args = tuple((k, "httpbin" if k == "apps" else v) for k, v in FACTS_ARGS)
+    result = run_facts_with(tmp_path, fake_kubectl("curl-get-mtls.txt"), args)
+    assert result.returncode == 1
+    assert "ERROR: --apps takes <namespace>/<deployment> entries, got: httpbin" in result.stderr
 
 
 def test_a_failed_request_fails_the_facts_step_itself_so_a_retry_gathers_again(tmp_path, jq):
@@ -251,6 +395,7 @@ def fake_kubectl_failing(case: str) -> str:
   *"rollout status"*) {"exit 1" if case == "rollout" else ":"} ;;
   *"delete pod mesh-client"* | *"run mesh-client"*) ;;
   *"wait --for=condition=Ready pod/mesh-client"*) {"exit 1" if case == "client" else ":"} ;;
+  *"get pod mesh-client -o json"*) jq '.items[] | select(.metadata.name == "mesh-client")' "$SAMPLES/kubectl-get-pods.json" ;;
   *"get pods -o wide"*) echo "httpbin-6b8f7c9d4-x2x7k 1/2 Running" ;;
   *"describe pod mesh-client"*) echo "Warning  Failed  ErrImagePull" ;;
   *) echo "unexpected: kubectl $*" >&2; exit 1 ;;
@@ -260,7 +405,10 @@ esac"""
 @pytest.mark.parametrize(
     ("case", "message"),
     [
-        ("rollout", "deployment httpbin did not roll out within 5s: httpbin-6b8f7c9d4-x2x7k 1/2 Running"),
+        (
+            "rollout",
+            "deployment httpbin (namespace httpbin) did not roll out within 5s: httpbin-6b8f7c9d4-x2x7k 1/2 Running",
+        ),
         ("client", "the mesh client pod is not Ready: Warning  Failed  ErrImagePull"),
     ],
 )
@@ -281,7 +429,7 @@ def test_the_facts_step_reads_the_kernel_of_the_newest_app_pod_after_a_rollout(t
     kata["metadata"]["creationTimestamp"] = "2026-12-01T00:00:00Z"
     (tmp_path / "two-pods.json").write_text(json.dumps({"items": [kata, old]}))
     fake = fake_kubectl("curl-get-mtls.txt").replace(
-        '*"get pods -l app=httpbin -o json"*) cat "$SAMPLES/kubectl-get-pods.json" ;;',
+        '*"get pods -l app=httpbin -o json"*) namespace_pods httpbin ;;',
         f'*"get pods -l app=httpbin -o json"*) cat {tmp_path / "two-pods.json"} ;;\n'
         '  *"exec httpbin-5d9c8b7a6-oldpd"*) echo 6.8.0-1017-gcp ;;',
     )
@@ -335,6 +483,25 @@ def test_every_stack_ends_with_the_proof_after_the_app(stack):
     assert args["--passed"] == "true"
     assert json.loads(base64.b64decode(args["--report-b64"])) == program.output("verification")
     assert program.output("verification")["passed"] is True
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_the_proof_looks_for_each_app_in_its_namespace_and_runs_its_client_in_kata(stack):
+    program = run_program(stack, preview=False)
+    twin = stack == "dev"
+    facts = command_args(program.one(COMMAND, "proof-mesh-facts").inputs["create"])
+    assert facts["--namespace"] == "httpbin"
+    assert facts["--apps"] == "httpbin/httpbin" + (" httpbin-runc/httpbin-runc" if twin else "")
+    assert facts["--client-runtime-class"] == "kata-runtime"
+    for vm in program.of_type("gcp:compute/instance:Instance"):
+        evidence = command_args(program.one(COMMAND, f"{vm.inputs['name']}-kata-evidence").inputs["create"])
+        assert evidence["--namespaces"] == "httpbin" + (" httpbin-runc" if twin else "")
+    report = program.output("verification")
+    assert report["kata"]["namespace"] == "httpbin"
+    assert (report["runc"] or {}).get("namespace") == ("httpbin-runc" if twin else None)
+    # The twin's namespace is one the app declares.
+    namespaces = {r.inputs["metadata"]["name"] for r in program.of_type("kubernetes:core/v1:Namespace")}
+    assert ("httpbin-runc" in namespaces) is twin
 
 
 def triggers(program, name: str) -> list:

@@ -1,23 +1,30 @@
 #!/usr/bin/env bash
-# Any node, after the app is deployed: what this node's runtime says about the app's pods, as one
-# JSON document on stdout. The program judges it (components/verification.py); this only gathers:
-# crictl's view of each pod sandbox (runtime handler), the processes running (Kata's shim, QEMU,
-# virtiofsd beside runc's shims), the node's kernel, and each pod's cgroup memory.
+# Any node, after the app is deployed: what this node's runtime says about the pods of the app's
+# namespaces (the Kata app's and the runc twin's), as one JSON document on stdout. The program
+# judges it (components/verification.py); this only gathers: crictl's view of each pod sandbox
+# (runtime handler), the processes running (Kata's shim, QEMU, virtiofsd beside runc's shims), the
+# node's kernel, and each pod's cgroup memory.
 set -euo pipefail
 if ! declare -F km_parse_args >/dev/null; then
   # shellcheck source=lib.sh
   . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 fi
 
-arg_namespace=""
+arg_namespaces=""
 arg_cgroup_root=""
 km_parse_args "$@"
-km_require_args namespace cgroup_root
+km_require_args namespaces cgroup_root
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 # Documents go through files, not arguments: they can outgrow an argument's size limit.
-crictl pods --namespace "$arg_namespace" --state ready -o json >"$work/pods.json"
+# Only the sandboxes that are ready (crictl lists stopped ones too otherwise), of the namespaces
+# asked for, compared whole (crictl's own --namespace filter is a pattern, and one app's namespace
+# name may begin another's).
+crictl pods --state ready -o json >"$work/all-pods.json"
+jq --arg namespaces "$arg_namespaces" '($namespaces | split(" ") | map(select(. != ""))) as $wanted
+  | .items |= map(select(.metadata.namespace as $ns | any($wanted[]; . == $ns)))' \
+  "$work/all-pods.json" >"$work/pods.json"
 echo '{}' >"$work/inspect.json"
 echo '{}' >"$work/memory.json"
 for id in $(jq -r '.items[].id' "$work/pods.json"); do
