@@ -148,6 +148,9 @@ RESERVED_NAMESPACES = {
     "istio-system": "istiod, which this program installs",
     "istio-ingress": "the Istio ingress gateway, which this program installs",
 }
+DNS_LABEL_MAX = 63
+# The runc twin's namespace is the app's with this suffix (components/workloads.py).
+RUNC_TWIN_NAMESPACE_SUFFIX = "-runc"
 # The namespace of Istio's Bookinfo sample (see __main__.py), declared when bookinfo is true.
 BOOKINFO_NAMESPACE = "bookinfo"
 PRIVATE_KEY_HEADER = re.compile(r"^-----BEGIN (OPENSSH|RSA|EC) PRIVATE KEY-----")
@@ -760,6 +763,7 @@ def _check_mesh(
     namespace: str,
     image: str,
     bookinfo: bool,
+    runc_twin: bool,
 ) -> None:
     istio = _version(r, "istioVersion", istio_version)
     if istio and istio[:2] != versions.ISTIO_MINOR:
@@ -792,6 +796,15 @@ def _check_mesh(
             namespace,
             f"namespace {namespace} belongs to {RESERVED_NAMESPACES[namespace]}; choose another, e.g. "
             "`pulumi config set appNamespace httpbin`",
+        )
+    elif runc_twin and len(namespace) > DNS_LABEL_MAX - len(RUNC_TWIN_NAMESPACE_SUFFIX):
+        r.problem(
+            "appNamespace",
+            namespace,
+            f"runcTwin is true and the twin runs outside the sandbox in namespace "
+            f"{namespace}{RUNC_TWIN_NAMESPACE_SUFFIX}, which must fit a DNS label of {DNS_LABEL_MAX} "
+            f"characters: use at most {DNS_LABEL_MAX - len(RUNC_TWIN_NAMESPACE_SUFFIX)} characters, or "
+            "`pulumi config set runcTwin false`",
         )
     elif bookinfo and namespace == BOOKINFO_NAMESPACE:
         r.problem(
@@ -908,7 +921,9 @@ def _read(raw: Mapping[str, str | None], stack: str) -> tuple[_Reader, Settings 
             "must be an http(s) base URL without query, e.g. https://storage.googleapis.com/my-bucket/kata-mesh",
         )
 
-    _check_mesh(r, istio_version, istio_cni, gateway_node_port, app_namespace, httpbin_image, bookinfo)
+    _check_mesh(
+        r, istio_version, istio_cni, gateway_node_port, app_namespace, httpbin_image, bookinfo, runc_twin
+    )
 
     if r.problems:
         return r, None

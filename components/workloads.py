@@ -19,6 +19,7 @@ from components.admission import (
 from components.kubeadm_config import KATA_NODE_LABEL
 from components.mesh import GATEWAY_NAME, GATEWAY_NAMESPACE, TRUST_DOMAIN
 from components.node_config import KATA_HANDLER
+from components.settings import RUNC_TWIN_NAMESPACE_SUFFIX
 
 RUNTIME_CLASS = KATA_RUNTIME_CLASS
 # kata-deploy's newest QEMU overhead: the VMM runs inside the pod cgroup, and 160Mi let it be
@@ -43,7 +44,7 @@ GATEWAY_PRINCIPAL = f"{TRUST_DOMAIN}/ns/{GATEWAY_NAMESPACE}/sa/{GATEWAY_NAME}"
 
 def runc_namespace(namespace: str) -> str:
     """The runc twin's namespace beside the app's: runc pods are refused in the app's sandbox one."""
-    return f"{namespace}-runc"
+    return f"{namespace}{RUNC_TWIN_NAMESPACE_SUFFIX}"
 
 
 def one_replica_deployment(

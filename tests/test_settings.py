@@ -892,3 +892,13 @@ def test_prod_s_stack_file_alone_asks_for_the_gateway_s_ranges_too():
     with pytest.raises(SettingsError) as caught:
         parse_settings(values, "prod")
     assert [p.key for p in caught.value.problems] == ACCESS_KEYS
+
+
+def test_a_runc_twin_needs_room_for_its_namespace_beside_the_app():
+    # The twin's namespace is "<appNamespace>-runc": a DNS label has at most 63 characters.
+    longest = "a" * (63 - len("-runc"))
+    assert parse_settings(raw(appNamespace=longest, runcTwin="true"), "dev").app_namespace == longest
+    with pytest.raises(SettingsError) as caught:
+        parse_settings(raw(appNamespace=longest + "b", runcTwin="true"), "dev")
+    assert "at most 58 characters" in str(caught.value) and "appNamespace" in str(caught.value)
+    assert parse_settings(raw(appNamespace=longest + "b", runcTwin="false"), "dev").runc_twin is False
