@@ -26,6 +26,7 @@ network = Network(
         ssh_allowed_cidrs=settings.ssh_allowed_cidrs,
         api_allowed_cidrs=settings.api_allowed_cidrs,
         gateway_node_port=gateway_node_port,
+        gateway_allowed_cidrs=settings.gateway_allowed_cidrs,
     ),
 )
 ssh = SshAccess("ssh", SshAccessArgs(admin_user=settings.admin_user, private_key=settings.ssh_private_key))
@@ -97,7 +98,12 @@ cluster = KubeadmCluster(
         endpoint=api.address,
         backend_groups=api.instance_groups,
         load_balancer=api.forwarding_rule,
-        api_access=[network.api_firewall, api.node_firewall, api.health_check_firewall],
+        api_access=[
+            network.api_firewall,
+            *network.internal_firewalls.values(),
+            api.node_firewall,
+            api.health_check_firewall,
+        ],
         allow_control_plane_shrink=settings.allow_control_plane_shrink,
     ),
 )
