@@ -13,13 +13,21 @@ import pulumi_random as random
 
 from components import versions
 from components.kubeadm_config import (
+    AUDIT_LOG_DIR,
+    AUDIT_POLICY_FILE,
+    ENCRYPTION_CONFIG_FILE,
+    INIT_TOKEN_DESCRIPTION,
     KATA_NODE_LABEL,
+    SECRETBOX_KEY_BYTES,
     InitSpec,
     NodeRegistration,
     external_kubeconfig,
     parse_join_command,
+    render_audit_policy,
+    render_encryption_config,
     render_init_config,
     render_join_config,
+    secretbox_key,
 )
 from components.node_provisioning import NodeStep, b64, remote_step, ssh_connection
 from components.nodes import NodeVm
@@ -35,6 +43,13 @@ KATA_LABEL = "=".join(KATA_NODE_LABEL)
 NODE_REMOVAL_TIMEOUT_SECONDS = 120
 NODES_READY_TIMEOUT_SECONDS = 900
 ADMIN_CONF = "/etc/kubernetes/admin.conf"
+# Where the init and control-plane join steps put the API server's files: the paths the
+# ClusterConfiguration gives every control plane's API server.
+API_SERVER_FILES = (
+    ("encryption-config-file", ENCRYPTION_CONFIG_FILE),
+    ("audit-policy-file", AUDIT_POLICY_FILE),
+    ("audit-log-dir", AUDIT_LOG_DIR),
+)
 
 
 @dataclass(frozen=True)
@@ -111,6 +126,18 @@ class KubeadmCluster(pulumi.ComponentResource):
             f"{name}-certificate-key", length=CERTIFICATE_KEY_BYTES, opts=pulumi.ResourceOptions(parent=self)
         )
         certificate_key_arg = self.certificate_key.hex.apply(lambda key: (("certificate-key", key),))
+        # Encrypts Secrets in etcd. Every control plane's API server reads the same
+        # EncryptionConfiguration, which reaches the nodes on stdin only (a secret argument). The
+        # key is the RandomBytes' 32 bytes, read from its hex output (the same bytes as its base64
+        # output, and the one output the offline plan's stand-in fills in).
+        self.encryption_key = random.RandomBytes(
+            f"{name}-encryption-key", length=SECRETBOX_KEY_BYTES, opts=pulumi.ResourceOptions(parent=self)
+        )
+        self.encryption_config_b64 = pulumi.Output.secret(
+            self.encryption_key.hex.apply(lambda key: b64(render_encryption_config(secretbox_key(key))))
+        )
+        # Not secret: it travels on the command line like the kubeadm config.
+        self.audit_policy_b64 = b64(render_audit_policy())
 
         # cp-0 is a backend before init: `kubeadm init` itself talks to the endpoint, which the
         # guest environment answers on cp-0 itself; nothing else can be behind it yet.
@@ -123,6 +150,9 @@ class KubeadmCluster(pulumi.ComponentResource):
                 ("node-name", cp.node_name),
                 ("takes-workloads", "true" if self.control_planes_take_workloads else "false"),
                 ("kata-label", KATA_LABEL),
+                *API_SERVER_FILES,
+                ("audit-policy-b64", self.audit_policy_b64),
+                ("init-token-description", INIT_TOKEN_DESCRIPTION),
                 (
                     "config-b64",
                     b64(
@@ -151,7 +181,9 @@ class KubeadmCluster(pulumi.ComponentResource):
             pulumi.ResourceOptions(parent=self, depends_on=[args.provisioned[cp.node_name], first_backend]),
             extra_triggers=[cp.instance_id],
             args=init_args,
-            secret_args=certificate_key_arg,
+            secret_args=pulumi.Output.all(self.certificate_key.hex, self.encryption_config_b64).apply(
+                lambda values: (("certificate-key", values[0]), ("encryption-config-b64", values[1]))
+            ),
         )
         self.admin_conf = command.remote.Command(
             f"{name}-admin-conf",
@@ -258,7 +290,10 @@ class KubeadmCluster(pulumi.ComponentResource):
         token = self._token(vm, control_plane=True, secret_args=certificate_key_arg)
         takes_workloads = self.control_planes_take_workloads
         join_args = pulumi.Output.all(
-            pulumi.Output.secret(token.stdout), vm.internal_ip, self.certificate_key.hex
+            pulumi.Output.secret(token.stdout),
+            vm.internal_ip,
+            self.certificate_key.hex,
+            self.encryption_config_b64,
         ).apply(
             lambda values: (
                 (
@@ -271,6 +306,8 @@ class KubeadmCluster(pulumi.ComponentResource):
                         )
                     ),
                 ),
+                # Its API server starts during the join, on the same file as every other one.
+                ("encryption-config-b64", values[3]),
             )
         )
         join = remote_step(
@@ -284,6 +321,8 @@ class KubeadmCluster(pulumi.ComponentResource):
                     ("takes-workloads", "true" if takes_workloads else "false"),
                     ("kata-label", KATA_LABEL),
                     ("token-step", f"{vm.node_name}-join-token"),
+                    *API_SERVER_FILES,
+                    ("audit-policy-b64", self.audit_policy_b64),
                 ),
             ),
             ssh_connection(vm.external_ip, args.admin_user, args.private_key),

@@ -32,8 +32,12 @@ def containerd_runtimes(kata_config_path: str = KATA_CONFIG_PATH) -> dict[str, A
             # Resolves to containerd-shim-kata-v2 on containerd's PATH (/usr/local/bin link).
             "runtime_type": "io.containerd.kata.v2",
             "privileged_without_host_devices": True,
-            # As kata-deploy sets it: lets pods pass io.katacontainers.* annotations to Kata.
-            "pod_annotations": ["io.katacontainers.*"],
+            # No pod annotation reaches Kata. kata-deploy passes "io.katacontainers.*", which lets
+            # any pod override Kata's runtime section for its own sandbox (only hypervisor keys are
+            # gated by Kata's enable_annotations): the very pods Kata is there to contain would
+            # choose how. This project needs none: every Kata pod runs with the node's Kata config
+            # (and its config.d drop-in); sizing comes from the pod's resources, not annotations.
+            "pod_annotations": [],
             "options": {"ConfigPath": kata_config_path},
         },
     }

@@ -20,6 +20,7 @@ from harness import (
 )
 
 from components import versions
+from components.kubeadm_config import INIT_TOKEN_DESCRIPTION, render_audit_policy
 
 COMMAND = "command:remote:Command"
 INSTANCE = "gcp:compute/instance:Instance"
@@ -204,3 +205,45 @@ def test_removing_a_worker_drains_it_first_best_effort(stack):
         assert "kubectl drain" in removal.inputs["stdin"]
         assert command(program, f"{worker}-join").urn in removal.dependencies
         assert removal.inputs["connection"]["value"]["host"] == program.output("controlPlaneExternalIp")
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_init_hardens_the_api_server_and_carries_its_files(stack):
+    """Secrets encrypted with the stack's own random key, an audit policy, profiling off; the
+    key only on stdin (secret), the policy on the command line like the kubeadm config."""
+    program = run(stack)
+    init = command(program, "cluster-init")
+    args = args_of(init.inputs["create"])
+    assert base64.b64decode(args["--audit-policy-b64"]).decode() == render_audit_policy()
+    assert args["--init-token-description"] == INIT_TOKEN_DESCRIPTION
+    assert "--encryption-config-b64" not in args and "--certificate-key" not in args
+    secret = args_of_stdin(init)
+    assert set(secret) == {"--certificate-key", "--encryption-config-b64"}
+    [encryption] = list(yaml.safe_load_all(base64.b64decode(secret["--encryption-config-b64"])))
+    key = program.states[program.one("random:index/randomBytes:RandomBytes", "cluster-encryption-key").urn][
+        "base64"
+    ]
+    assert encryption["resources"] == [
+        {
+            "resources": ["secrets"],
+            "providers": [{"secretbox": {"keys": [{"name": "key1", "secret": key}]}}, {"identity": {}}],
+        }
+    ]
+    assert init.raw_inputs["stdin"][SECRET_SIG]
+    assert key not in "".join(plain_strings(init.raw_inputs))
+    documents = config_documents(init)
+    cluster = documents["ClusterConfiguration"]
+    for component in ("apiServer", "controllerManager", "scheduler"):
+        assert {"name": "profiling", "value": "false"} in cluster[component]["extraArgs"], component
+    assert {
+        "name": "encryption-provider-config",
+        "value": "/etc/kubernetes/encryption/config.yaml",
+    } in cluster["apiServer"]["extraArgs"]
+    assert documents["InitConfiguration"]["bootstrapTokens"] == [
+        {"description": INIT_TOKEN_DESCRIPTION, "ttl": "1h0m0s"}
+    ]
+    # Workers get neither file.
+    for worker in workers(program):
+        join = command(program, f"{worker}-join")
+        assert set(args_of_stdin(join)) == {"--config-b64"}
+        assert "--audit-policy-b64" not in args_of(join.inputs["create"])

@@ -166,7 +166,7 @@ def test_every_kubeadm_document_uses_the_load_balancer_as_its_endpoint():
 
 def test_the_certificate_key_is_random_secret_and_only_ever_on_stdin():
     program = cached_run("prod")
-    [key_resource] = program.of_type(RANDOM_BYTES)
+    key_resource = program.one(RANDOM_BYTES, "cluster-certificate-key")
     assert key_resource.inputs["length"] == 32
     key = program.states[key_resource.urn]["hex"]
     assert HEX_KEY.fullmatch(key)
@@ -195,6 +195,76 @@ def test_the_certificate_key_is_random_secret_and_only_ever_on_stdin():
     for registration in program.registrations:
         assert all(key not in text for text in plain_strings(registration.inputs)), registration.name
     assert all(key not in text for text in plain_strings(program.raw_stack_outputs))
+
+
+def encryption_config(registration: Registration) -> dict:
+    [document] = list(
+        yaml.safe_load_all(base64.b64decode(stdin_args(registration)["--encryption-config-b64"]))
+    )
+    return document
+
+
+@pytest.mark.parametrize("count", [3, 5])
+def test_the_encryption_key_is_random_secret_on_stdin_only_and_every_control_plane_gets_it(count):
+    """The EncryptionConfiguration's secretbox key is a RandomBytes' 32 bytes; the whole file
+    travels as a secret stdin argument to init and to every control plane's join (whose API server
+    starts on it), to no other step, on no command line, and in nothing plain."""
+    program = scaled(count)
+    key_resource = program.one(RANDOM_BYTES, "cluster-encryption-key")
+    assert key_resource.inputs["length"] == 32
+    key = program.states[key_resource.urn]["base64"]
+    assert len(base64.b64decode(key)) == 32
+    steps = commands(program)
+    init = encryption_config(steps["cluster-init"])
+    assert init["resources"][0]["providers"][0] == {"secretbox": {"keys": [{"name": "key1", "secret": key}]}}
+    joins = [f"kata-mesh-prod-cp-{i}-join" for i in range(1, count)]
+    for name in joins:
+        assert encryption_config(steps[name]) == init, name
+        assert command_args(steps[name].inputs["create"])["--control-plane"] == "true"
+    rendered = stdin_args(steps["cluster-init"])["--encryption-config-b64"]
+    carriers = {
+        name
+        for name, step in steps.items()
+        if key in str(value(step.inputs.get("stdin", "")))
+        or rendered in str(value(step.inputs.get("stdin", "")))
+    }
+    assert carriers == {"cluster-init", *joins}
+    for name in carriers:
+        assert steps[name].raw_inputs["stdin"][SECRET_SIG], name
+    for name, step in steps.items():
+        for part in ("create", "delete"):
+            assert key not in str(step.inputs.get(part, "")) and rendered not in str(
+                step.inputs.get(part, "")
+            ), name
+    for registration in program.registrations:
+        assert all(key not in text and rendered not in text for text in plain_strings(registration.inputs)), (
+            registration.name
+        )
+    assert all(key not in text for text in plain_strings(program.raw_stack_outputs))
+
+
+def test_every_control_plane_gets_the_audit_policy_and_the_hardened_cluster_configuration():
+    program = scaled(5)
+    steps = commands(program)
+    init_args = command_args(steps["cluster-init"].inputs["create"])
+    policy = init_args["--audit-policy-b64"]
+    assert yaml.safe_load(base64.b64decode(policy))["kind"] == "Policy"
+    for i in range(1, 5):
+        assert (
+            command_args(steps[f"kata-mesh-prod-cp-{i}-join"].inputs["create"])["--audit-policy-b64"]
+            == policy
+        )
+    # The joining control planes build their API servers from init's ClusterConfiguration (kubeadm
+    # uploads it): the flags that name both files are there, once.
+    cluster = kubeadm_documents(init_args["--config-b64"])["ClusterConfiguration"]
+    flags = {a["name"]: a["value"] for a in cluster["apiServer"]["extraArgs"]}
+    assert flags["encryption-provider-config"] == "/etc/kubernetes/encryption/config.yaml"
+    assert flags["audit-policy-file"] == "/etc/kubernetes/audit/policy.yaml"
+    # Workers run no API server: neither file reaches them.
+    for name, step in steps.items():
+        if re.fullmatch(r"kata-mesh-prod-worker-\d+-join", name):
+            assert "--audit-policy-b64" not in command_args(step.inputs["create"]), name
+            assert "--encryption-config-b64" not in stdin_args(step), name
 
 
 def test_control_planes_join_after_init_become_backends_after_joining_and_before_workers_are_ready():

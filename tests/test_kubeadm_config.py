@@ -8,6 +8,7 @@ from harness import MOCK_ADMIN_CONF
 
 from components.cluster import node_registration
 from components.kubeadm_config import (
+    INIT_TOKEN_DESCRIPTION,
     InitSpec,
     JoinCommand,
     external_kubeconfig,
@@ -21,10 +22,65 @@ LOAD_BALANCER = "198.51.100.20"
 # What `kubeadm certs certificate-key` prints: 32 random bytes in hex.
 CERTIFICATE_KEY = "8f7d6c5b4a39281706f5e4d3c2b1a09f8e7d6c5b4a3928170615f4e3d2c1b0a9"
 
-# The v1beta4 JoinConfiguration's fields (json names and Go types) as kubeadm declares them in
-# kubernetes/kubernetes cmd/kubeadm/app/apis/kubeadm/v1beta4/types.go: JoinConfiguration,
-# Discovery, BootstrapTokenDiscovery, JoinControlPlane, APIEndpoint, NodeRegistrationOptions, Arg.
+# The v1beta4 documents' fields (json names and Go types) as kubeadm declares them in
+# kubernetes/kubernetes cmd/kubeadm/app/apis/kubeadm/v1beta4/types.go (InitConfiguration,
+# ClusterConfiguration, APIServer with ControlPlaneComponent inlined, ControlPlaneComponent,
+# HostPathMount, Networking, JoinConfiguration, Discovery, BootstrapTokenDiscovery, FileDiscovery,
+# JoinControlPlane, APIEndpoint, NodeRegistrationOptions, Patches, Timeouts, Arg) and
+# cmd/kubeadm/app/apis/bootstraptoken/v1/types.go (BootstrapToken). A metav1.Duration is a string
+# ("1h0m0s"); `dict` is an object this project never sets and the table does not model further.
 V1BETA4 = {
+    "InitConfiguration": {
+        "apiVersion": str,
+        "kind": str,
+        "bootstrapTokens": ["BootstrapToken"],
+        "dryRun": bool,
+        "nodeRegistration": "NodeRegistrationOptions",
+        "localAPIEndpoint": "APIEndpoint",
+        "certificateKey": str,
+        "skipPhases": [str],
+        "patches": "Patches",
+        "timeouts": "Timeouts",
+    },
+    "BootstrapToken": {
+        # BootstrapTokenString marshals to "ID.SECRET".
+        "token": str,
+        "description": str,
+        "ttl": str,
+        "expires": str,
+        "usages": [str],
+        "groups": [str],
+    },
+    "ClusterConfiguration": {
+        "apiVersion": str,
+        "kind": str,
+        "etcd": dict,
+        "networking": "Networking",
+        "kubernetesVersion": str,
+        "controlPlaneEndpoint": str,
+        "apiServer": "APIServer",
+        "controllerManager": "ControlPlaneComponent",
+        "scheduler": "ControlPlaneComponent",
+        "dns": dict,
+        "proxy": dict,
+        "certificatesDir": str,
+        "imageRepository": str,
+        "featureGates": dict,
+        "clusterName": str,
+        "encryptionAlgorithm": str,
+        "certificateValidityPeriod": str,
+        "caCertificateValidityPeriod": str,
+    },
+    "Networking": {"serviceSubnet": str, "podSubnet": str, "dnsDomain": str},
+    "ControlPlaneComponent": {"extraArgs": ["Arg"], "extraVolumes": ["HostPathMount"], "extraEnvs": [dict]},
+    # ControlPlaneComponent inline, and certSANs.
+    "APIServer": {
+        "extraArgs": ["Arg"],
+        "extraVolumes": ["HostPathMount"],
+        "extraEnvs": [dict],
+        "certSANs": [str],
+    },
+    "HostPathMount": {"name": str, "hostPath": str, "mountPath": str, "readOnly": bool, "pathType": str},
     "JoinConfiguration": {
         "apiVersion": str,
         "kind": str,
@@ -48,6 +104,7 @@ V1BETA4 = {
         "caCertHashes": [str],
         "unsafeSkipCAVerification": bool,
     },
+    "FileDiscovery": {"kubeConfigPath": str},
     "JoinControlPlane": {"localAPIEndpoint": "APIEndpoint", "certificateKey": str},
     "APIEndpoint": {"advertiseAddress": str, "bindPort": int},
     "NodeRegistrationOptions": {
@@ -59,27 +116,70 @@ V1BETA4 = {
         "imagePullPolicy": str,
         "imagePullSerial": bool,
     },
+    "Patches": {"directory": str},
+    "Timeouts": {
+        "controlPlaneComponentHealthCheck": str,
+        "kubeletHealthCheck": str,
+        "kubernetesAPICall": str,
+        "etcdAPICall": str,
+        "tlsBootstrap": str,
+        "discovery": str,
+        "upgradeManifests": str,
+    },
     "Arg": {"name": str, "value": str},
+}
+# Fields without omitempty that a document must then give (an Arg without a value, a mount
+# without a path, mean nothing).
+V1BETA4_REQUIRED = {
+    "Arg": ("name", "value"),
+    "HostPathMount": ("name", "hostPath", "mountPath"),
+    "JoinConfiguration": ("discovery",),
+    "BootstrapTokenDiscovery": ("token",),
+}
+# corev1.HostPathType's values.
+HOST_PATH_TYPES = {
+    "",
+    "DirectoryOrCreate",
+    "Directory",
+    "FileOrCreate",
+    "File",
+    "Socket",
+    "CharDevice",
+    "BlockDevice",
 }
 
 
-def conforms(value: object, kind: object, where: str) -> list[str]:
-    """Every field of `value` exists in the v1beta4 type `kind`, with that field's type."""
+def conforms(
+    value: object,
+    kind: object,
+    where: str,
+    types: dict[str, dict] = V1BETA4,
+    required: dict[str, tuple[str, ...]] = V1BETA4_REQUIRED,
+) -> list[str]:
+    """Every field of `value` exists in the type `kind` (of `types`, v1beta4 unless told), with
+    that field's type, and every required field is there."""
     if isinstance(kind, list):
         if not isinstance(value, list):
             return [f"{where}: expected a list"]
-        return [p for i, item in enumerate(value) for p in conforms(item, kind[0], f"{where}[{i}]")]
+        return [
+            p
+            for i, item in enumerate(value)
+            for p in conforms(item, kind[0], f"{where}[{i}]", types, required)
+        ]
     if isinstance(kind, str):
         if not isinstance(value, dict):
             return [f"{where}: expected an object ({kind})"]
-        fields = V1BETA4[kind]
-        return [
+        fields = types[kind]
+        missing = [
+            f"{where}.{name}: required in {kind}" for name in required.get(kind, ()) if name not in value
+        ]
+        return missing + [
             p
             for key, item in value.items()
             for p in (
-                conforms(item, fields[key], f"{where}.{key}")
+                conforms(item, fields[key], f"{where}.{key}", types, required)
                 if key in fields
-                else [f"{where}.{key}: no such field in v1beta4 {kind}"]
+                else [f"{where}.{key}: no such field in {kind}"]
             )
         ]
     assert isinstance(kind, type)
@@ -118,12 +218,17 @@ def test_init_config_has_every_v1beta4_field_the_cluster_needs():
         "kubeletExtraArgs": [{"name": "node-ip", "value": "10.10.0.2"}],
     }
     assert init["localAPIEndpoint"] == {"advertiseAddress": "10.10.0.2", "bindPort": 6443}
+    # kubeadm makes the token; the config only names it (for the init step, which deletes it) and
+    # bounds its life should the deletion fail.
+    assert init["bootstrapTokens"] == [{"description": INIT_TOKEN_DESCRIPTION, "ttl": "1h0m0s"}]
     assert cluster["kubernetesVersion"] == "v1.36.4"
     assert cluster["networking"] == {"podSubnet": "10.244.0.0/16", "serviceSubnet": "10.96.0.0/12"}
     # The load balancer's address is the endpoint and a SAN; each API server's own address is a
     # SAN kubeadm adds by itself (its advertise address).
-    assert cluster["apiServer"] == {"certSANs": [LOAD_BALANCER]}
+    assert cluster["apiServer"]["certSANs"] == [LOAD_BALANCER]
     assert cluster["controlPlaneEndpoint"] == f"{LOAD_BALANCER}:6443"
+    assert conforms(init, "InitConfiguration", "InitConfiguration") == []
+    assert conforms(cluster, "ClusterConfiguration", "ClusterConfiguration") == []
     assert "certificateKey" not in init, "the key never travels in the rendered config"
     assert kubelet == {
         "apiVersion": "kubelet.config.k8s.io/v1beta1",
@@ -154,6 +259,105 @@ def test_nothing_outdated_from_the_seed():
     assert "ignorePreflightErrors" not in rendered
     assert "container-runtime" not in rendered.replace("containerRuntimeEndpoint", "")
     assert "v1beta3" not in rendered
+
+
+def extra_args(component: dict) -> dict[str, str]:
+    names = [a["name"] for a in component["extraArgs"]]
+    assert len(names) == len(set(names)), f"a flag given twice: {names}"
+    return {a["name"]: a["value"] for a in component["extraArgs"]}
+
+
+def test_the_api_server_encrypts_secrets_audits_and_serves_no_profiles():
+    cluster = init_documents(runs_workloads=False)["ClusterConfiguration"]
+    api = cluster["apiServer"]
+    assert extra_args(api) == {
+        "encryption-provider-config": "/etc/kubernetes/encryption/config.yaml",
+        "audit-policy-file": "/etc/kubernetes/audit/policy.yaml",
+        "audit-log-path": "/var/log/kubernetes/audit/audit.log",
+        "audit-log-maxage": "30",
+        "audit-log-maxbackup": "10",
+        "audit-log-maxsize": "100",
+        "profiling": "false",
+    }
+    # Each file the flags name is inside a mount; the policy and the key read-only, the log writable.
+    mounts = {m["hostPath"]: m for m in api["extraVolumes"]}
+    assert mounts == {
+        "/etc/kubernetes/encryption": {
+            "name": "encryption-config",
+            "hostPath": "/etc/kubernetes/encryption",
+            "mountPath": "/etc/kubernetes/encryption",
+            "readOnly": True,
+            "pathType": "Directory",
+        },
+        "/etc/kubernetes/audit": {
+            "name": "audit-policy",
+            "hostPath": "/etc/kubernetes/audit",
+            "mountPath": "/etc/kubernetes/audit",
+            "readOnly": True,
+            "pathType": "Directory",
+        },
+        "/var/log/kubernetes/audit": {
+            "name": "audit-log",
+            "hostPath": "/var/log/kubernetes/audit",
+            "mountPath": "/var/log/kubernetes/audit",
+            "readOnly": False,
+            "pathType": "DirectoryOrCreate",
+        },
+    }
+    for flag in ("encryption-provider-config", "audit-policy-file", "audit-log-path"):
+        path = extra_args(api)[flag]
+        [mount] = [m for m in api["extraVolumes"] if path.startswith(m["mountPath"] + "/")]
+        assert mount["readOnly"] is (flag != "audit-log-path"), flag
+    assert {m["pathType"] for m in api["extraVolumes"]} <= HOST_PATH_TYPES
+    # kubeadm's own volumes on the API server: a clash would replace one of them.
+    kubeadm_volumes = {
+        "k8s-certs",
+        "ca-certs",
+        "etc-ca-certificates",
+        "etc-pki",
+        "usr-local-share-ca-certificates",
+        "usr-share-ca-certificates",
+    }
+    assert not {m["name"] for m in api["extraVolumes"]} & kubeadm_volumes
+
+
+def test_profiling_is_off_on_every_control_plane_component():
+    cluster = init_documents(runs_workloads=False)["ClusterConfiguration"]
+    for component in ("apiServer", "controllerManager", "scheduler"):
+        assert extra_args(cluster[component])["profiling"] == "false", component
+    assert cluster["controllerManager"] == {"extraArgs": [{"name": "profiling", "value": "false"}]}
+    assert cluster["scheduler"] == {"extraArgs": [{"name": "profiling", "value": "false"}]}
+
+
+def test_the_field_check_catches_v1beta3_style_extra_args_and_a_mount_without_a_path():
+    """v1beta3 took extraArgs as a map and a number stays a number in YAML: v1beta4 takes
+    neither."""
+    bad = {
+        "apiServer": {
+            "extraArgs": {"profiling": "false"},
+            "extraVolumes": [
+                {"name": "audit-log", "mountPath": "/var/log/kubernetes/audit", "readonly": True}
+            ],
+        },
+        "scheduler": {"extraArgs": [{"name": "audit-log-maxage", "value": 30}]},
+    }
+    assert conforms(bad, "ClusterConfiguration", "C") == [
+        "C.apiServer.extraArgs: expected a list",
+        "C.apiServer.extraVolumes[0].hostPath: required in HostPathMount",
+        "C.apiServer.extraVolumes[0].readonly: no such field in HostPathMount",
+        "C.scheduler.extraArgs[0].value: expected str, got 30",
+    ]
+
+
+def test_every_type_the_table_names_is_in_the_table():
+    named = {
+        t
+        for fields in V1BETA4.values()
+        for kind in fields.values()
+        for t in ([kind[0]] if isinstance(kind, list) else [kind])
+        if isinstance(t, str)
+    }
+    assert named <= set(V1BETA4), named - set(V1BETA4)
 
 
 @pytest.mark.parametrize(
@@ -221,7 +425,8 @@ def test_the_field_check_catches_a_misspelt_or_mistyped_field():
         "controlPlane": {"certificatekey": "x", "localAPIEndpoint": {"bindPort": "6443"}},
     }
     assert conforms(bad, "JoinConfiguration", "J") == [
-        "J.controlPlane.certificatekey: no such field in v1beta4 JoinControlPlane",
+        "J.discovery: required in JoinConfiguration",
+        "J.controlPlane.certificatekey: no such field in JoinControlPlane",
         "J.controlPlane.localAPIEndpoint.bindPort: expected int, got '6443'",
     ]
 

@@ -17,7 +17,8 @@ EXPECTED_RUNTIMES = {
     "kata": {
         "runtime_type": "io.containerd.kata.v2",
         "privileged_without_host_devices": True,
-        "pod_annotations": ["io.katacontainers.*"],
+        # None: no pod can override Kata's config for its own sandbox (node_config says why).
+        "pod_annotations": [],
         "options": {"ConfigPath": "/opt/kata/share/defaults/kata-containers/configuration.toml"},
     },
 }
@@ -92,8 +93,22 @@ def assert_both_runtimes(cri: dict) -> None:
     assert runc["options"]["SystemdCgroup"] is True
     assert kata["runtime_type"] == "io.containerd.kata.v2"
     assert kata["privileged_without_host_devices"] is True
-    assert kata["pod_annotations"] == ["io.katacontainers.*"]
+    # containerd itself reads the list as empty: it passes no io.katacontainers.* annotation on.
+    assert kata["pod_annotations"] == []
     assert kata["options"]["ConfigPath"] == KATA_CONFIG_PATH
+
+
+def test_no_pod_annotation_reaches_kata_and_runc_gets_none_either():
+    """Kata applies io.katacontainers.* annotations a pod carries (its runtime section, and its
+    hypervisor section as far as enable_annotations lets it): with none passed, a pod in the
+    sandbox cannot loosen the sandbox."""
+    for major in (1, 2):
+        runtimes = tomllib.loads(render_containerd_config(major))["plugins"][
+            "io.containerd.grpc.v1.cri" if major == 1 else "io.containerd.cri.v1.runtime"
+        ]["containerd"]["runtimes"]
+        assert runtimes["kata"]["pod_annotations"] == []
+        assert "pod_annotations" not in runtimes["runc"]
+        assert "container_annotations" not in runtimes["kata"]
 
 
 def test_debian_containerd_refuses_a_broken_config(tmp_path: Path):

@@ -11,7 +11,9 @@ import base64
 import dataclasses
 import hashlib
 import io
+import json
 import re
+import stat
 import subprocess
 import tarfile
 from collections.abc import Iterator
@@ -24,7 +26,8 @@ from seed import SEED_LINKS, SEED_MODULES, SEED_SYSCTLS
 from test_node_scripts import Server, fake_kata_release
 
 from components import versions
-from components.node_provisioning import NodeStep, ProvisioningSpec, node_steps, with_secret_args
+from components.kubeadm_config import INIT_TOKEN_DESCRIPTION, render_audit_policy, render_encryption_config
+from components.node_provisioning import NodeStep, ProvisioningSpec, b64, node_steps, with_secret_args
 
 KUBERNETES_PACKAGES = ["kubelet", "kubeadm", "kubectl"]
 
@@ -527,27 +530,60 @@ CONTROL_PLANE_TAINT = "node-role.kubernetes.io/control-plane"
 # kubeadm prints the certificate key it uses (upload-certs); the stand-in does too, from the
 # config it was given, and keeps a copy of that config (with its mode) for the test to read.
 KUBEADM = """print_key() { sed -n 's/^ *certificateKey: *//p' "$1" | sed 's/^/[upload-certs] Using certificate key: /'; }
+# What the API server that kubeadm is about to start would find: the files ClusterConfiguration
+# names, and their modes.
+api_server_files() {
+  local f
+  for f in /etc/kubernetes/encryption/config.yaml /etc/kubernetes/audit/policy.yaml; do
+    if [[ -f $f ]]; then stat -c "seen by kubeadm $1: %n mode %a" "$f"; else echo "seen by kubeadm $1: no $f"; fi
+  done >>/km-test/calls.log
+}
+# A bootstrap token as `kubeadm token list -o json` prints it (output.kubeadm.k8s.io/v1alpha3).
+token_json() {
+  /usr/bin/jq -n --arg token "$1" --arg description "$2" '{kind: "BootstrapToken", apiVersion: "output.kubeadm.k8s.io/v1alpha3",
+    token: $token, expires: "2026-11-28T10:00:00Z", usages: ["authentication", "signing"],
+    groups: ["system:bootstrappers:kubeadm:default-node-token"]} + (if $description == "" then {} else {description: $description} end)'
+}
 case "$1 ${2:-}" in
   "init phase") config=${*: -1}; cp "$config" "$state/upload-certs-config-seen"
         stat -c 'upload-certs config mode %a' "$config" >>/km-test/calls.log; print_key "$config" ;;
   "init "*) config=$3; cp "$config" "$state/init-config-seen"; stat -c 'init config mode %a' "$config" >>/km-test/calls.log
+        api_server_files init
         [[ -f $state/kubeadm-init-fails ]] && { echo "[preflight] error: port 6443 is in use" >&2; exit 1; }
         print_key "$config"
         mkdir -p /etc/kubernetes/manifests; echo admin >/etc/kubernetes/admin.conf
-        echo apiserver >/etc/kubernetes/manifests/kube-apiserver.yaml ;;
+        echo "system:masters" >/etc/kubernetes/super-admin.conf
+        echo apiserver >/etc/kubernetes/manifests/kube-apiserver.yaml
+        # Its bootstrap token, described as the config says (kubeadm gives none with --config), and
+        # the one upload-certs makes to time out the kubeadm-certs Secret (it must stay).
+        description=$(sed -n 's/^- description: //p' "$config" | tr -d "'")
+        { token_json initid.initsecret000000 "$description"
+          token_json proxid.proxysecret00002 "Proxy for managing TTL for the kubeadm-certs secret"; } >"$state/tokens" ;;
   "reset "*) rm -rf /etc/kubernetes/admin.conf /etc/kubernetes/kubelet.conf /etc/kubernetes/manifests /etc/kubernetes/pki ;;
   "join "*) config=$3; stat -c 'join config mode %a' "$config" >>/km-test/calls.log; cp "$config" "$state/join-config-seen"
+        api_server_files join
         [[ -f $state/kubeadm-join-fails ]] && { echo "error: couldn't validate the identity of the API Server" >&2; exit 1; }
         # kubeadm's words for a token past its TTL (cmd/kubeadm/app/discovery/token).
         [[ -f $state/kubeadm-join-token-expired ]] && { echo 'error execution phase preflight: couldn'"'"'t validate the identity of the API Server: token id "abcdef" is invalid for this cluster or it has expired. Use "kubeadm token create" on the control-plane node to create a new valid token' >&2; exit 1; }
         print_key "$config"
         mkdir -p /etc/kubernetes/pki; echo kubelet >/etc/kubernetes/kubelet.conf; cp "$state/cluster-ca.crt" /etc/kubernetes/pki/ca.crt ;;
+  "token list") [[ $* == "token list -o json" ]] || { echo "kubeadm stand-in: expected token list -o json" >&2; exit 2; }
+        cat "$state/tokens" 2>/dev/null; exit 0 ;;
+  "token delete") id=$3
+        # kubeadm's own words (cmd/kubeadm/app/cmd/token.go, RunDeleteTokens).
+        /usr/bin/jq -e -n --arg id "$id" 'any(inputs; .token | startswith($id + "."))' "$state/tokens" >/dev/null 2>&1 ||
+          { echo "failed to delete bootstrap token \\"$id\\": secrets \\"bootstrap-token-$id\\" not found" >&2; exit 1; }
+        /usr/bin/jq --arg id "$id" 'select(.token | startswith($id + ".") | not)' "$state/tokens" >"$state/tokens.new"
+        mv "$state/tokens.new" "$state/tokens"
+        echo "bootstrap token \\"$id\\" deleted" ;;
   "token "*) echo "kubeadm join 10.10.0.2:6443 --token abcdef.0123456789abcdef --discovery-token-ca-cert-hash sha256:$(cat "$state/cluster-ca-hash") " ;;
 esac
 """
 KUBECTL = """args=" $* "
 case "$args" in
   *" get --raw=/readyz "*) [[ -f $state/api-down ]] && exit 1; exit 0 ;;
+  # admin.conf's user is bound to cluster-admin by kubeadm init (kubeadm:cluster-admins).
+  *" auth can-i * * --all-namespaces "*) [[ -f $state/admin-unbound ]] && { echo no; exit 1; }; echo yes; exit 0 ;;
   *"{.spec.taints[*].key}"*) cat "$state/taints" 2>/dev/null; exit 0 ;;
   *" -o json "*) cat "$state/node.json" 2>/dev/null || echo '{"metadata": {"labels": {}}}' ;;
   *"@.type==\\"Ready\\""*) cat "$state/ready" 2>/dev/null; exit 0 ;;
@@ -570,7 +606,29 @@ def cluster_node(node: Sandbox) -> Sandbox:
 
 # What `kubeadm certs certificate-key` prints: 32 random bytes, hex.
 CERTIFICATE_KEY = "0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0"
-INIT_CONFIG = "apiVersion: kubeadm.k8s.io/v1beta4\nkind: InitConfiguration\nnodeRegistration:\n  name: cp-0\n---\nkind: ClusterConfiguration\n"
+INIT_CONFIG = (
+    "apiVersion: kubeadm.k8s.io/v1beta4\nkind: InitConfiguration\nbootstrapTokens:\n"
+    f"- description: {INIT_TOKEN_DESCRIPTION}\n  ttl: 1h0m0s\nnodeRegistration:\n  name: cp-0\n---\n"
+    "kind: ClusterConfiguration\n"
+)
+
+
+# The API server's files: a secretbox key (32 bytes, base64) in its EncryptionConfiguration, and
+# the audit policy, both as the program renders them.
+ENCRYPTION_KEY = base64.b64encode(hashlib.sha256(b"node-steps encryption key").digest()).decode()
+ENCRYPTION_CONFIG = render_encryption_config(ENCRYPTION_KEY)
+AUDIT_POLICY = render_audit_policy()
+ENCRYPTION_FILE = "/etc/kubernetes/encryption/config.yaml"
+AUDIT_POLICY_FILE = "/etc/kubernetes/audit/policy.yaml"
+# Where the program tells the steps to put them (the paths its ClusterConfiguration names).
+API_SERVER_FILES = (
+    ("encryption-config-file", ENCRYPTION_FILE),
+    ("audit-policy-file", AUDIT_POLICY_FILE),
+    ("audit-log-dir", "/var/log/kubernetes/audit"),
+)
+# kubeadm init's bootstrap token in the kubeadm stand-in; and the one its upload-certs phase makes.
+INIT_TOKEN_SECRET = "initsecret000000"
+PROXY_TOKEN = "proxid.proxysecret00002"
 
 
 def init_step(takes_workloads: bool = False, config: str = INIT_CONFIG) -> NodeStep:
@@ -581,14 +639,34 @@ def init_step(takes_workloads: bool = False, config: str = INIT_CONFIG) -> NodeS
             ("node-name", "cp-0"),
             ("takes-workloads", "true" if takes_workloads else "false"),
             ("kata-label", KATA_LABEL),
+            *API_SERVER_FILES,
+            ("audit-policy-b64", b64(AUDIT_POLICY)),
+            ("init-token-description", INIT_TOKEN_DESCRIPTION),
             ("config-b64", base64.b64encode(config.encode()).decode()),
         ),
     )
 
 
+def run_with_secrets(node: Sandbox, step: NodeStep, *secrets: tuple[str, str]):
+    """As the program runs it: secret arguments appended to the arguments on stdin."""
+    return node.run(step, stdin=with_secret_args(step.script_text, secrets))
+
+
 def run_with_key(node: Sandbox, step: NodeStep, key: str = CERTIFICATE_KEY):
-    """As the program runs it: the certificate key appended to the arguments on stdin."""
-    return node.run(step, stdin=with_secret_args(step.script_text, (("certificate-key", key),)))
+    """A control plane's join-token step: the certificate key on stdin."""
+    return run_with_secrets(node, step, ("certificate-key", key))
+
+
+def run_init(
+    node: Sandbox,
+    step: NodeStep | None = None,
+    key: str = CERTIFICATE_KEY,
+    encryption: str = ENCRYPTION_CONFIG,
+):
+    """The init step: the certificate key and the encryption config on stdin."""
+    return run_with_secrets(
+        node, step or init_step(), ("certificate-key", key), ("encryption-config-b64", b64(encryption))
+    )
 
 
 def init_calls(result) -> list[str]:
@@ -609,26 +687,28 @@ def kubectl_calls(result) -> list[str]:
 def test_init_runs_kubeadm_once_and_keeps_a_dedicated_control_plane_tainted_and_unlabelled(cluster_node):
     node = cluster_node
     node.set_state("node.json", '{"metadata": {"labels": {"katacontainers.io/kata-runtime": "true"}}}')
-    result = run_with_key(node, init_step())
+    result = run_init(node)
     assert result.returncode == 0, result.stderr
     files = node.changes()
     assert files["/etc/kubernetes/kubeadm-init.yaml"][:2] == (INIT_CONFIG, 0o600)
     assert "/etc/kubernetes/.kata-mesh-initialized" in files
-    assert init_calls(result) == [INIT_CALL]
+    assert init_calls(result) == [INIT_CALL, "kubeadm token list -o json", "kubeadm token delete initid"]
     assert kubectl_calls(result) == [
+        "kubectl auth can-i * * --all-namespaces",
         f"kubectl taint node cp-0 {CONTROL_PLANE_TAINT}=:NoSchedule --overwrite",
         "kubectl get node cp-0 -o json",
         "kubectl label node cp-0 katacontainers.io/kata-runtime-",
     ]
-    second = run_with_key(node, init_step())
+    second = run_init(node)
     assert second.returncode == 0, second.stderr
-    assert not [c for c in second.calls if c.startswith("kubeadm")]
+    # No init again; init's token is gone already, and nothing else is deleted.
+    assert init_calls(second) == ["kubeadm token list -o json"]
     assert node.changes() == files
 
 
 def test_init_uploads_the_certificates_with_the_key_from_stdin_and_keeps_it_nowhere(cluster_node):
     node = cluster_node
-    result = run_with_key(node, init_step())
+    result = run_init(node)
     assert result.returncode == 0, result.stderr
     # kubeadm read the key in its InitConfiguration, from a file only root could read.
     seen = list(yaml.safe_load_all((node.state / "init-config-seen").read_text()))
@@ -644,7 +724,7 @@ def test_init_uploads_the_certificates_with_the_key_from_stdin_and_keeps_it_nowh
 @pytest.mark.parametrize("key", ["", "not-hex", CERTIFICATE_KEY[:-2]])
 def test_init_refuses_a_missing_or_malformed_certificate_key_before_anything(cluster_node, key):
     node = cluster_node
-    result = run_with_key(node, init_step(), key) if key else node.run(init_step())
+    result = run_init(node, key=key) if key else node.run(init_step())
     assert result.returncode == 1
     assert "certificate-key" in result.stderr
     assert not [c for c in result.calls if c.startswith(("kubeadm", "kubectl"))]
@@ -653,55 +733,188 @@ def test_init_refuses_a_missing_or_malformed_certificate_key_before_anything(clu
 def test_init_lets_a_lone_control_plane_take_kata_workloads(cluster_node):
     node = cluster_node
     node.set_state("taints", CONTROL_PLANE_TAINT)
-    result = run_with_key(node, init_step(takes_workloads=True))
+    result = run_init(node, init_step(takes_workloads=True))
     assert result.returncode == 0, result.stderr
     assert kubectl_calls(result) == [
+        "kubectl auth can-i * * --all-namespaces",
         "kubectl get node cp-0 -o jsonpath={.spec.taints[*].key}",
         f"kubectl taint node cp-0 {CONTROL_PLANE_TAINT}:NoSchedule-",
         f"kubectl label node cp-0 {KATA_LABEL} --overwrite",
     ]
     node.set_state("taints", "")
-    again = run_with_key(node, init_step(takes_workloads=True))
+    again = run_init(node, init_step(takes_workloads=True))
     assert not [c for c in again.calls if " taint " in c]
 
 
 def test_init_resets_a_half_done_init_before_trying_again(cluster_node):
     node = cluster_node
     node.seed("/etc/kubernetes/admin.conf", "from a run that died")
-    result = run_with_key(node, init_step())
+    result = run_init(node)
     assert result.returncode == 0, result.stderr
-    assert init_calls(result) == ["kubeadm reset -f", INIT_CALL]
+    assert init_calls(result)[:2] == ["kubeadm reset -f", INIT_CALL]
     assert "an earlier kubeadm init did not finish" in result.stderr
+    # The reset leaves the API server's files alone, and the new API server finds them.
+    assert f"seen by kubeadm init: {ENCRYPTION_FILE} mode 600" in result.calls
 
 
 def test_init_does_not_init_again_for_a_changed_config_and_says_so(cluster_node):
     node = cluster_node
-    assert run_with_key(node, init_step()).returncode == 0
-    result = run_with_key(node, init_step(config=INIT_CONFIG + "# changed\n"))
+    assert run_init(node).returncode == 0
+    result = run_init(node, init_step(config=INIT_CONFIG + "# changed\n"))
     assert result.returncode == 0, result.stderr
-    assert not [c for c in result.calls if c.startswith("kubeadm")]
+    assert init_calls(result) == ["kubeadm token list -o json"]
     assert "kubeadm init does not re-apply a changed config" in result.stderr
 
 
 def test_init_that_fails_leaves_no_mark_so_the_next_run_tries_again(cluster_node):
     node = cluster_node
     node.set_state("kubeadm-init-fails")
-    result = run_with_key(node, init_step())
+    result = run_init(node)
     assert result.returncode == 1
     assert "kubeadm init failed; see the output above" in result.stderr
     assert "port 6443 is in use" in result.stderr
     changes = node.changes()
     assert "/etc/kubernetes/.kata-mesh-initialized" not in changes
     assert not [p for p in changes if re.search(r"kubeadm-init\.\w+\.yaml", p)], "the keyed config stayed"
+    # The next run writes the same files again: no refusal, as no API server runs on them yet.
+    node.behaviour["kubeadm"] = KUBEADM
+    (node.state / "kubeadm-init-fails").unlink()
+    again = run_init(node)
+    assert again.returncode == 0, again.stderr
 
 
 def test_init_fails_when_the_api_server_never_answers(cluster_node):
     node = cluster_node
     node.set_state("api-down")
-    result = run_with_key(node, init_step())
+    result = run_init(node)
     assert result.returncode == 1
     assert "the API server does not answer on this node" in result.stderr
     assert sum("--raw=/readyz" in c for c in result.calls) == 61
+
+
+def test_init_writes_the_api_servers_files_before_kubeadm_init_root_only(cluster_node):
+    node = cluster_node
+    result = run_init(node)
+    assert result.returncode == 0, result.stderr
+    files = node.changes()
+    assert files[ENCRYPTION_FILE][:2] == (ENCRYPTION_CONFIG, 0o600)
+    assert files[AUDIT_POLICY_FILE][:2] == (AUDIT_POLICY, 0o600)
+    for folder in ("/etc/kubernetes/encryption", "/var/log/kubernetes/audit"):
+        assert stat.S_IMODE(node.path(folder).stat().st_mode) == 0o700, folder
+    # kubeadm init (and so the API server it starts) finds both, already root-only.
+    seen = [c for c in result.calls if c.startswith("seen by kubeadm init")]
+    assert seen == [
+        f"seen by kubeadm init: {ENCRYPTION_FILE} mode 600",
+        f"seen by kubeadm init: {AUDIT_POLICY_FILE} mode 600",
+    ]
+    # The key is in that one file, and nowhere else: not in the output, not in another file.
+    assert ENCRYPTION_KEY not in result.stdout + result.stderr
+    assert [p for p, (content, _, _) in files.items() if ENCRYPTION_KEY in content] == [ENCRYPTION_FILE]
+
+
+def test_a_second_init_run_rewrites_neither_file(cluster_node):
+    node = cluster_node
+    assert run_init(node).returncode == 0
+    before = node.changes()
+    second = run_init(node)
+    assert second.returncode == 0, second.stderr
+    assert node.changes() == before  # same content, mode and mtime
+    assert f"wrote {ENCRYPTION_FILE}" not in second.stderr
+
+
+def test_init_refuses_another_encryption_key_once_the_api_server_runs_on_one(cluster_node):
+    node = cluster_node
+    assert run_init(node).returncode == 0
+    other = render_encryption_config(base64.b64encode(b"k" * 32).decode())
+    result = run_init(node, encryption=other)
+    assert result.returncode == 1
+    assert f"{ENCRYPTION_FILE} already holds another encryption config" in result.stderr
+    assert node.files()[ENCRYPTION_FILE] == ENCRYPTION_CONFIG
+    assert base64.b64encode(b"k" * 32).decode() not in result.stderr + result.stdout
+
+
+def test_init_refuses_an_encryption_config_that_is_not_one(cluster_node):
+    node = cluster_node
+    result = run_init(node, encryption="apiVersion: v1\nkind: Secret\n")
+    assert result.returncode == 1
+    assert "the encryption config is no EncryptionConfiguration" in result.stderr
+    assert not [c for c in result.calls if c.startswith("kubeadm")]
+
+
+def test_init_deletes_its_own_bootstrap_token_and_only_that_one(cluster_node):
+    node = cluster_node
+    result = run_init(node)
+    assert result.returncode == 0, result.stderr
+    assert 'bootstrap token "initid" deleted' in result.stderr
+    # The token upload-certs made to time out the kubeadm-certs Secret stays (deleting it would
+    # delete that Secret); so would any join token.
+    assert [t["token"] for t in json_stream((node.state / "tokens").read_text())] == [PROXY_TOKEN]
+    # The token's secret never shows: not on any command line, not in the output.
+    assert not [c for c in result.calls if INIT_TOKEN_SECRET in c]
+    assert INIT_TOKEN_SECRET not in result.stdout + result.stderr
+
+
+def json_stream(text: str) -> list[dict]:
+    """JSON objects one after the other, as `kubeadm token list -o json` prints them."""
+    decoder, found, at = json.JSONDecoder(), [], 0
+    while (at := len(text) - len(text[at:].lstrip())) < len(text):
+        value, at = decoder.raw_decode(text, at)
+        found.append(value)
+    return found
+
+
+def test_init_deletes_the_token_kubeadm_describes_as_its_default_too(cluster_node):
+    """kubeadm init without a config describes its token so; a cluster made that way loses it too."""
+    node = cluster_node
+    assert run_init(node).returncode == 0
+    tokens = subprocess.run(
+        [
+            "jq",
+            "-n",
+            '{token: "dfltid.defaultsecret0003", description: $d}, {token: "joinid.joinsecret0000004", description: "kata-mesh join for worker-0"}',
+            "--arg",
+            "d",
+            "The default bootstrap token generated by 'kubeadm init'.",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    node.set_state("tokens", tokens)
+    result = run_init(node)
+    assert result.returncode == 0, result.stderr
+    assert init_calls(result) == ["kubeadm token list -o json", "kubeadm token delete dfltid"]
+    assert "joinid" in (node.state / "tokens").read_text()
+
+
+def test_init_removes_super_admin_conf_once_admin_conf_can_do_everything(cluster_node):
+    node = cluster_node
+    node.behaviour["rm"] = 'exec /usr/bin/rm "$@"\n'
+    result = run_init(node)
+    assert result.returncode == 0, result.stderr
+    assert not node.path("/etc/kubernetes/super-admin.conf").exists()
+    assert "/etc/kubernetes/super-admin.conf" not in node.changes()
+    assert "removed /etc/kubernetes/super-admin.conf" in result.stderr
+    assert "kubeadm init phase kubeconfig super-admin" in result.stderr
+    # admin.conf was checked first, and is what the step goes on with.
+    calls = result.calls
+    assert calls.index("kubectl auth can-i * * --all-namespaces") < calls.index(
+        "rm -f /etc/kubernetes/super-admin.conf"
+    )
+    assert node.files()["/etc/kubernetes/admin.conf"] == "admin\n"
+
+
+def test_init_keeps_super_admin_conf_while_admin_conf_is_not_bound_yet(cluster_node):
+    node = cluster_node
+    node.set_state("admin-unbound")
+    result = run_init(node)
+    assert result.returncode == 1
+    assert "admin.conf cannot do everything yet" in result.stderr
+    assert node.files()["/etc/kubernetes/super-admin.conf"] == "system:masters\n"
+    # Fixed, the next run removes it.
+    (node.state / "admin-unbound").unlink()
+    assert run_init(node).returncode == 0
+    assert "/etc/kubernetes/super-admin.conf" not in node.files()
 
 
 def join_token_step() -> NodeStep:
@@ -899,15 +1112,22 @@ def control_plane_join_step(ca_hash: str, takes_workloads: bool = False, api_tim
             ("takes-workloads", "true" if takes_workloads else "false"),
             ("kata-label", KATA_LABEL),
             ("api-timeout-seconds", str(api_timeout)),
+            *API_SERVER_FILES,
+            ("audit-policy-b64", b64(AUDIT_POLICY)),
             ("config-b64", base64.b64encode(config.encode()).decode()),
         ),
     )
 
 
+def run_cp_join(node: Sandbox, step: NodeStep, encryption: str = ENCRYPTION_CONFIG):
+    """A control plane's join: the encryption config on stdin, as the program sends it."""
+    return run_with_secrets(node, step, ("encryption-config-b64", b64(encryption)))
+
+
 def test_a_control_plane_joins_waits_for_its_own_api_server_then_takes_its_role(cluster_node, cluster_ca):
     node = cluster_node
     node.behaviour["curl"] = CURL_READYZ
-    result = node.run(control_plane_join_step(cluster_ca))
+    result = run_cp_join(node, control_plane_join_step(cluster_ca))
     assert result.returncode == 0, result.stderr
     calls = [c for c in result.calls if c.startswith(("kubeadm", "curl", "kubectl"))]
     assert [c.split(" --config")[0] for c in calls] == [
@@ -921,17 +1141,79 @@ def test_a_control_plane_joins_waits_for_its_own_api_server_then_takes_its_role(
     assert CERTIFICATE_KEY not in result.stdout + result.stderr
     assert "[upload-certs] Using certificate key: [hidden]" in result.stderr
     assert not [path for path, content in node.files().items() if CERTIFICATE_KEY in content]
-    second = node.run(control_plane_join_step(cluster_ca))
+    second = run_cp_join(node, control_plane_join_step(cluster_ca))
     assert second.returncode == 0, second.stderr
     assert "already joined" in second.stderr
     assert not [c for c in second.calls if c.startswith("kubeadm")]
+
+
+def test_a_control_plane_gets_the_api_servers_files_before_it_joins_and_keeps_them(cluster_node, cluster_ca):
+    """Its API server is built from the cluster's ClusterConfiguration, which names these files:
+    they must be there, root-only, when kubeadm join starts it."""
+    node = cluster_node
+    node.behaviour["curl"] = CURL_READYZ
+    result = run_cp_join(node, control_plane_join_step(cluster_ca))
+    assert result.returncode == 0, result.stderr
+    assert [c for c in result.calls if c.startswith("seen by kubeadm join")] == [
+        f"seen by kubeadm join: {ENCRYPTION_FILE} mode 600",
+        f"seen by kubeadm join: {AUDIT_POLICY_FILE} mode 600",
+    ]
+    files = node.changes()
+    assert files[ENCRYPTION_FILE][:2] == (ENCRYPTION_CONFIG, 0o600)
+    assert files[AUDIT_POLICY_FILE][:2] == (AUDIT_POLICY, 0o600)
+    assert stat.S_IMODE(node.path("/etc/kubernetes/encryption").stat().st_mode) == 0o700
+    assert ENCRYPTION_KEY not in result.stdout + result.stderr
+    assert [p for p, (content, _, _) in files.items() if ENCRYPTION_KEY in content] == [ENCRYPTION_FILE]
+    # Joined, a second run rewrites nothing, and refuses another key under a running API server.
+    second = run_cp_join(node, control_plane_join_step(cluster_ca))
+    assert second.returncode == 0, second.stderr
+    assert node.changes() == files
+    other = render_encryption_config(base64.b64encode(b"k" * 32).decode())
+    refused = run_cp_join(node, control_plane_join_step(cluster_ca), encryption=other)
+    assert refused.returncode == 1
+    assert "already holds another encryption config" in refused.stderr
+    assert node.files()[ENCRYPTION_FILE] == ENCRYPTION_CONFIG
+
+
+def test_a_node_of_another_cluster_joining_as_control_plane_takes_this_clusters_key(
+    cluster_node, cluster_ca, tmp_path
+):
+    node = cluster_node
+    node.behaviour["curl"] = CURL_READYZ
+    other = render_encryption_config(base64.b64encode(b"k" * 32).decode())
+    assert run_cp_join(node, control_plane_join_step(cluster_ca), encryption=other).returncode == 0
+    new_cert, new_hash = make_ca(tmp_path, "new-cluster")
+    node.set_state("cluster-ca.crt", new_cert)
+    result = run_cp_join(node, control_plane_join_step(new_hash))
+    assert result.returncode == 0, result.stderr
+    assert node.files()[ENCRYPTION_FILE] == ENCRYPTION_CONFIG
+
+
+def test_a_control_plane_join_without_the_encryption_config_fails_before_anything(cluster_node, cluster_ca):
+    result = cluster_node.run(control_plane_join_step(cluster_ca))
+    assert result.returncode == 1
+    assert "missing required argument(s): --encryption-config-b64" in result.stderr
+    assert not [c for c in result.calls if c.startswith("kubeadm")]
+
+
+def test_a_worker_refuses_the_api_servers_files_and_writes_none(cluster_node, cluster_ca):
+    node = cluster_node
+    result = run_cp_join(node, join_step(cluster_ca))
+    assert result.returncode == 1
+    assert "a worker runs no API server" in result.stderr
+    assert ENCRYPTION_FILE not in node.changes()
+    ok = node.run(join_step(cluster_ca))
+    assert ok.returncode == 0, ok.stderr
+    assert [
+        p for p in node.changes() if p.startswith(("/etc/kubernetes/encryption", "/etc/kubernetes/audit"))
+    ] == []
 
 
 def test_a_control_plane_whose_api_server_never_answers_fails_the_join_step(cluster_node, cluster_ca):
     node = cluster_node
     node.behaviour["curl"] = CURL_READYZ
     node.set_state("api-down")
-    result = node.run(control_plane_join_step(cluster_ca, api_timeout=1))
+    result = run_cp_join(node, control_plane_join_step(cluster_ca, api_timeout=1))
     assert result.returncode == 1
     assert "does not answer on 127.0.0.1:6443 after 1s" in result.stderr
     assert not [c for c in result.calls if c.startswith("kubectl")], "its role is set only once it serves"
@@ -957,19 +1239,21 @@ def test_a_join_retried_after_its_token_expired_says_how_to_make_a_new_one(clust
 # `ps` on the node would see of its arguments.
 WATCHED_TOOLS = (
     "sed", "awk", "grep", "cut", "head", "tr", "cat", "base64", "mktemp", "chmod", "rm", "touch",
-    "cmp", "mv", "mkdir", "cp", "stat", "flock", "openssl", "sha256sum", "seq",
+    "cmp", "mv", "mkdir", "cp", "stat", "flock", "openssl", "sha256sum", "seq", "jq", "dirname",
 )  # fmt: skip
 
 
 @pytest.mark.parametrize("step", ["init", "control-plane token", "control-plane join"])
 def test_the_certificate_key_is_in_no_programs_arguments(cluster_node, cluster_ca, step):
+    """Nor is the encryption key, in either form (in its config, and that config in base64), nor
+    the secret of init's own bootstrap token the step deletes."""
     node = cluster_node
     node.behaviour.update({tool: f'exec /usr/bin/{tool} "$@"\n' for tool in WATCHED_TOOLS})
     node.behaviour["curl"] = CURL_READYZ
     node.set_state("cluster-ca-hash", "c" * 64)
     node.seed("/etc/kubernetes/kubeadm-init.yaml", INIT_CONFIG, 0o600)
     if step == "init":
-        result = run_with_key(node, init_step())
+        result = run_init(node)
     elif step == "control-plane token":
         token = NodeStep(
             "join-token",
@@ -978,11 +1262,20 @@ def test_the_certificate_key_is_in_no_programs_arguments(cluster_node, cluster_c
         )
         result = run_with_key(node, token)
     else:
-        result = node.run(control_plane_join_step(cluster_ca))
+        result = run_cp_join(node, control_plane_join_step(cluster_ca))
     assert result.returncode == 0, result.stderr
     watched = [c for c in result.calls if c.split(" ", 1)[0] in WATCHED_TOOLS]
     assert len(watched) > 3, "the watch saw nothing: is it on PATH?"
-    assert [c for c in result.calls if CERTIFICATE_KEY in c] == []
+    secrets = (CERTIFICATE_KEY, ENCRYPTION_KEY, b64(ENCRYPTION_CONFIG), INIT_TOKEN_SECRET)
+    assert [c for c in result.calls if any(secret in c for secret in secrets)] == []
+    if step != "control-plane token":
+        # The step did handle the encryption config: base64 decoded it (from stdin) and jq read
+        # kubeadm's token list (from stdin).
+        assert "base64 -d" in result.calls
+        assert ENCRYPTION_KEY in node.files()[ENCRYPTION_FILE]
+    if step == "init":
+        assert any(c.startswith("jq -r ") for c in result.calls)
+    assert not [s for s in secrets if s in result.stdout + result.stderr]
 
 
 def removal_step() -> NodeStep:

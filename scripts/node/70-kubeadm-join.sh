@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Worker or further control plane: `kubeadm join` with the JoinConfiguration the program rendered
 # (it holds a token, and for a control plane the certificate key, so it comes on stdin and its file
-# is removed afterwards). A control plane then waits for its own API server and gets its taint and
-# Kata label, like the first one. A node already in this cluster is left as it
+# is removed afterwards). A control plane first gets the API server's encryption config (on stdin
+# too) and audit policy, which its API server, built from the cluster's ClusterConfiguration,
+# reads from its first start; it then waits for that API server and gets its taint and Kata
+# label, like the first one. A node already in this cluster is left as it
 # is (and made to register again if its Node was deleted); a half-joined node, or one from an
 # earlier cluster (another CA), is reset first.
 set -euo pipefail
@@ -18,11 +20,22 @@ arg_takes_workloads=false
 arg_kata_label=""
 arg_api_timeout_seconds=300
 arg_token_step=""
+arg_encryption_config_b64=""
+arg_encryption_config_file=""
+arg_audit_policy_b64=""
+arg_audit_policy_file=""
+arg_audit_log_dir=""
 km_parse_args "$@"
 km_require_args config_b64 node_name
 case $arg_control_plane in
-  true) km_require_args kata_label ;;
-  false) ;;
+  true)
+    km_require_args kata_label encryption_config_b64 encryption_config_file audit_policy_b64 audit_policy_file \
+      audit_log_dir
+    ;;
+  false)
+    [[ -z $arg_encryption_config_b64$arg_encryption_config_file$arg_audit_policy_b64$arg_audit_policy_file$arg_audit_log_dir ]] ||
+      km_die "a worker runs no API server: it gets no encryption config nor audit policy"
+    ;;
   *) km_die "--control-plane must be true or false" ;;
 esac
 
@@ -46,6 +59,10 @@ if [[ -f $joined && -f /etc/kubernetes/pki/ca.crt ]]; then
   else
     km_log "this node was joined to another cluster (its CA differs); joining this one instead"
   fi
+fi
+if [[ $arg_control_plane == true ]]; then
+  km_put_api_server_files "$arg_encryption_config_file" "$arg_encryption_config_b64" "$arg_audit_policy_file" \
+    "$arg_audit_policy_b64" "$arg_audit_log_dir" "${already_joined:-false}"
 fi
 if [[ ${already_joined:-false} == false ]]; then
   if [[ -e $joined || -e /etc/kubernetes/kubelet.conf || -e /etc/kubernetes/pki/ca.crt ]]; then

@@ -173,3 +173,66 @@ km_set_workload_role() {
     fi
   fi
 }
+
+# km_put_api_server_files ENCRYPTION_FILE ENCRYPTION_CONFIG_B64 POLICY_FILE POLICY_B64 LOG_DIR IN_SERVICE:
+# on a control plane, before the API server that reads them starts: writes the
+# EncryptionConfiguration (root-only, in a root-only directory) and the audit policy where
+# ClusterConfiguration points the API server, and makes the audit log's directory; a file already
+# as given is left alone. IN_SERVICE=true (this node's API server runs on them) refuses to swap the
+# encryption config for another: the API server would read it at its next restart and could no
+# longer decrypt the Secrets written with the old key. Pure bash for everything that holds the
+# key: decoded from a here-string (stdin, not arguments), compared and written by builtins.
+km_put_api_server_files() {
+  local encryption_file=$1 encryption_b64=$2 policy_file=$3 policy_b64=$4 log_dir=$5 in_service=$6
+  local encryption policy current path
+  for path in "$encryption_file" "$policy_file" "$log_dir"; do
+    [[ $path == /?*/?* ]] || km_die "not an absolute path in a folder: $path"
+  done
+  encryption=$(base64 -d <<<"$encryption_b64") || km_die "the encryption config is not base64"
+  [[ $encryption == *"kind: EncryptionConfiguration"* ]] || km_die "the encryption config is no EncryptionConfiguration"
+  policy=$(base64 -d <<<"$policy_b64") || km_die "--audit-policy-b64 is not base64"
+  [[ $policy == *"kind: Policy"* ]] || km_die "--audit-policy-b64 is no audit Policy"
+  if [[ $in_service == true && -f $encryption_file ]]; then
+    current=$(<"$encryption_file")
+    [[ $current == "$encryption" ]] ||
+      km_die "$encryption_file already holds another encryption config and this API server runs on it; replacing it would leave the Secrets written with the old key unreadable. Rotate keys by hand (https://kubernetes.io/docs/tasks/administer-cluster/encrypt-data/#rotating-a-decryption-key) or rebuild the cluster"
+  fi
+  mkdir -p "${encryption_file%/*}" "${policy_file%/*}" "$log_dir"
+  chmod 0700 "${encryption_file%/*}" "$log_dir"
+  km_put_file "$encryption_file" 0600 "$encryption"
+  chmod 0600 "$encryption_file"
+  km_put_file "$policy_file" 0600 "$policy"
+  chmod 0600 "$policy_file"
+}
+
+# km_drop_super_admin: kubeadm init leaves /etc/kubernetes/super-admin.conf, a client certificate
+# in system:masters that bypasses RBAC; kubeadm's docs say it "must be stored in a safe location".
+# Once admin.conf (group kubeadm:cluster-admins, bound to cluster-admin) can do everything, it
+# leaves the node. Regenerate it on a control plane only when RBAC itself is broken:
+#   sudo kubeadm init phase kubeconfig super-admin --config /etc/kubernetes/kubeadm-init.yaml \
+#     --kubeconfig-dir /root/break-glass
+# Needs KUBECONFIG=admin.conf.
+km_drop_super_admin() {
+  local super_admin=/etc/kubernetes/super-admin.conf
+  [[ -e $super_admin ]] || return 0
+  kubectl auth can-i '*' '*' --all-namespaces >/dev/null 2>&1 ||
+    km_die "admin.conf cannot do everything yet (is the kubeadm:cluster-admins ClusterRoleBinding there?); $super_admin stays until it can"
+  rm -f "$super_admin"
+  km_log "removed $super_admin (system:masters, bypasses RBAC); regenerate it only when RBAC is broken: kubeadm init phase kubeconfig super-admin"
+}
+
+# km_delete_bootstrap_tokens DESCRIPTION...: deletes every bootstrap token with one of these
+# descriptions, by its ID. `kubeadm token list -o json` prints one JSON object per token (kind
+# BootstrapToken, output.kubeadm.k8s.io/v1alpha3: "token" is "ID.SECRET", "description" is left out
+# when empty), one after the other, not a list; the secrets stay in a variable and on jq's stdin.
+# Needs KUBECONFIG.
+km_delete_bootstrap_tokens() {
+  local listed ids id
+  listed=$(kubeadm token list -o json) || km_die "could not list the bootstrap tokens"
+  ids=$(jq -r '. as $t | select(any($ARGS.positional[]; . == $t.description)) | .token | split(".")[0]' \
+    --args "$@" <<<"$listed" 2>/dev/null) || km_die "could not read kubeadm's token list"
+  for id in $ids; do
+    [[ $id =~ ^[a-z0-9]{6}$ ]] || km_die "kubeadm listed a token whose ID is not [a-z0-9]{6}"
+    kubeadm token delete "$id" >&2
+  done
+}
