@@ -70,8 +70,9 @@ class ClusterArgs:
     backend_groups: Mapping[str, gcp.compute.InstanceGroup]
     # The load balancer's forwarding rule: once it exists, a backend answers its address itself.
     load_balancer: pulumi.Resource
-    # The firewall rules that let admins, nodes and health checks reach the API: the cluster
-    # waits for them, so `pulumi destroy` removes them only after everything that uses the API.
+    # The firewall rules the cluster needs (admins, nodes and health checks to the API; etcd,
+    # kubelet and VXLAN between nodes): the cluster waits for them, so `pulumi destroy` removes
+    # them only after everything that uses them.
     api_access: Sequence[pulumi.Resource]
     allow_control_plane_shrink: bool
 
@@ -447,7 +448,12 @@ class KubeadmCluster(pulumi.ComponentResource):
             f"{name}-kube-flannel",
             metadata=k8s.meta.v1.ObjectMetaArgs(
                 name=versions.FLANNEL_NAMESPACE,
-                labels={"pod-security.kubernetes.io/enforce": "privileged"},
+                labels={
+                    "pod-security.kubernetes.io/enforce": "privileged",
+                    # Say what Flannel would break, in warnings and the audit log.
+                    "pod-security.kubernetes.io/warn": "baseline",
+                    "pod-security.kubernetes.io/audit": "restricted",
+                },
             ),
             opts=child,
         )

@@ -85,6 +85,8 @@ NODE_FILES: dict[tuple[str, str], NodeFile] = {
         "{prefix}/share/defaults/kata-containers/config.d/{dropin-name}", "base64"
     ),
     ("50-kubeadm-init.sh", "config-b64"): NodeFile("/etc/kubernetes/kubeadm-init.yaml", "base64"),
+    ("50-kubeadm-init.sh", "audit-policy-b64"): NodeFile("{audit-policy-file}", "base64"),
+    ("70-kubeadm-join.sh", "audit-policy-b64"): NodeFile("{audit-policy-file}", "base64"),
 }
 
 

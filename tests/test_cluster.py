@@ -142,7 +142,11 @@ def test_the_provider_is_built_from_the_kubeconfig_and_deploys_flannel():
     assert flannel.inputs["namespace"] == "kube-flannel"
     assert flannel.inputs["values"] == {"podCidr": "10.244.0.0/16", "flannel": {"backend": "vxlan"}}
     namespace = program.one("kubernetes:core/v1:Namespace", "cluster-kube-flannel")
-    assert namespace.inputs["metadata"]["labels"] == {"pod-security.kubernetes.io/enforce": "privileged"}
+    assert namespace.inputs["metadata"]["labels"] == {
+        "pod-security.kubernetes.io/enforce": "privileged",
+        "pod-security.kubernetes.io/warn": "baseline",
+        "pod-security.kubernetes.io/audit": "restricted",
+    }
     assert namespace.urn in flannel.dependencies
 
 

@@ -410,7 +410,7 @@ def assert_running_cri_runtimes(vm: VM) -> None:
     assert runc["options"]["SystemdCgroup"] is True
     assert kata["runtimeType"] == "io.containerd.kata.v2"
     assert kata["privileged_without_host_devices"] is True
-    assert kata["PodAnnotations"] == ["io.katacontainers.*"]
+    assert not kata.get("PodAnnotations"), "no pod annotation reaches Kata"
     assert kata["options"] == {"ConfigPath": node_config.KATA_CONFIG_PATH}
 
 
