@@ -1,7 +1,10 @@
 """The proof after every deploy: httpbin runs 2/2 with its sidecar, inside a Kata VM, and answers
-in-mesh over mutual TLS; and what Kata costs beside runc. With 3 or more control planes, also that
-the control plane is highly available (every control-plane Node Ready, one healthy etcd member
-each, the API answering through the load balancer). Fails the deploy otherwise."""
+in-mesh over mutual TLS; and what Kata costs beside runc. The hardening holds: a runc pod is refused
+in the sandbox namespace (server-side dry run), the in-mesh Kata client gets no answer from the
+metadata server, httpbin refuses a plaintext request from a pod outside the mesh. With 3 or more
+control planes, also that the control plane is highly available (every control-plane Node Ready,
+one healthy etcd member each, the API answering through the load balancer). Fails the deploy
+otherwise."""
 
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ import pulumi
 import pulumi_command as command
 
 from components import versions
-from components.node_provisioning import NodeStep, b64, remote_step, ssh_connection
+from components.node_provisioning import METADATA_IP, NodeStep, b64, remote_step, ssh_connection
 from components.nodes import NodeVm
 from components.verification import HaEvidence, verify
 from components.workloads import HTTPBIN_PORT, RUNTIME_CLASS, runc_namespace
@@ -27,6 +30,15 @@ CLUSTER_CA = "/etc/kubernetes/pki/ca.crt"
 # Bounded waits: 94-ha-facts.sh gathers again 10 s apart, 93-api-probe.sh asks again 5 s apart.
 HA_FACTS_ATTEMPTS = 18
 API_PROBE_ATTEMPTS = 24
+# What the in-mesh Kata client asks the metadata server for: the node service account's access
+# token, the prize of a pod that reaches it (the header is the one the server requires).
+METADATA_TOKEN_URL = f"http://{METADATA_IP}/computeMetadata/v1/instance/service-accounts/default/token"
+# Its name, which pods may still resolve (DNS stays open): a detail of the report.
+METADATA_HOST = "metadata.google.internal"
+# Where the plaintext client runs: a namespace the cluster always has, with neither sidecar
+# injection nor the sandbox label (the pod opts out of injection and meets Pod Security's
+# `restricted` level all the same).
+OUTSIDE_NAMESPACE = "default"
 
 
 def ha_facts_step(control_planes: Sequence[str]) -> NodeStep:
@@ -91,7 +103,9 @@ def app_namespaces(args: ProofArgs) -> dict[str, str]:
 
 def mesh_facts_step(args: ProofArgs) -> NodeStep:
     """96-mesh-facts.sh: each app as <namespace>/<deployment>; the in-mesh client, in a Kata VM (the
-    sandbox's admission policy admits nothing else), in the Kata app's namespace."""
+    sandbox's admission policy admits nothing else), in the Kata app's namespace; then the
+    hardening's attempts: a runc pod in that namespace (dry run), the metadata server's token from
+    the in-mesh client, httpbin's URL in plaintext from a pod in the outside namespace."""
     return NodeStep(
         "mesh-facts",
         "96-mesh-facts.sh",
@@ -102,6 +116,9 @@ def mesh_facts_step(args: ProofArgs) -> NodeStep:
             ("client-runtime-class", RUNTIME_CLASS),
             ("url", f"http://{args.app}.{args.namespace}:{HTTPBIN_PORT}/get"),
             ("timeout-seconds", str(ROLLOUT_TIMEOUT_SECONDS)),
+            ("metadata-url", METADATA_TOKEN_URL),
+            ("metadata-host", METADATA_HOST),
+            ("outside-namespace", OUTSIDE_NAMESPACE),
         ),
     )
 
@@ -154,7 +171,9 @@ class Proof(pulumi.ComponentResource):
             if ha_steps:
                 *docs, ha_facts, probe = docs
                 ha = HaEvidence(ha_facts, probe, control_plane_names)
-            return verify(facts_doc, docs, args.app, args.runc_twin, ha, namespaces).as_dict()
+            # The hardening is always judged: facts without it fail each of its checks.
+            hardening = facts_doc.get("hardening") or {}
+            return verify(facts_doc, docs, args.app, args.runc_twin, ha, namespaces, hardening).as_dict()
 
         self.report = pulumi.Output.all(
             facts.stdout, *(e.stdout for e in evidence), *(s.stdout for s in ha_steps)

@@ -1,20 +1,28 @@
 """Judging the proof: is httpbin Running 2/2 with its sidecar, in a Kata VM, answering over mTLS?
-And, with 3 or more control planes, is the control plane highly available: every control-plane
-Node Ready, one healthy etcd member per control plane, the API answering through the load balancer?
+Does the hardening hold: a runc pod refused in the sandbox namespace by its admission policy, the
+metadata server giving no answer to an in-mesh Kata pod, a plaintext request from outside the mesh
+refused by httpbin? And, with 3 or more control planes, is the control plane highly available:
+every control-plane Node Ready, one healthy etcd member per control plane, the API answering
+through the load balancer?
 
 Pure functions over what the verification scripts gather (kubectl and crictl JSON, `ps` output,
-the in-mesh request, etcdctl's member list and health, the API's /readyz), so every verdict can be
-tested on recorded samples.
+the in-mesh request, kubectl's and curl's words and exit codes for the hardening's attempts,
+etcdctl's member list and health, the API's /readyz), so every verdict can be tested on recorded
+samples.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
+
+from components.admission import POLICY_NAME, RUNTIME_MESSAGE, SANDBOX_LABEL
+from components.node_provisioning import METADATA_BLOCK_TABLE, METADATA_BLOCK_UNIT
 
 SIDECAR = "istio-proxy"
 KATA_HANDLER = "kata"
@@ -180,12 +188,17 @@ def verify(
     runc_twin: str | None,
     ha: HaEvidence | None = None,
     namespaces: Mapping[str, str] | None = None,
+    hardening: Mapping[str, Any] | None = None,
 ) -> Report:
     """Every check of the proof; the report carries the measurements of Kata beside runc, and,
     with 3 or more control planes (`ha`), the HA checks under "ha" (null otherwise).
 
     `namespaces` maps an app to its namespace (the Kata app's sandbox, the runc twin's own): its
-    pod is looked for there only. An app it does not name is looked for in every namespace."""
+    pod is looked for there only. An app it does not name is looked for in every namespace.
+
+    `hardening` is what 96-mesh-facts.sh recorded of the hardening's three attempts (its
+    "hardening" part; the proof always passes it, an empty one failing every check): judged under
+    "hardening". None leaves them unjudged (null), for callers about the other checks only."""
     where = dict(namespaces or {})
     report = Report()
     report.details["kata"] = _runtime_details(report, app, where.get(app), facts, evidence, want_kata=True)
@@ -212,11 +225,212 @@ def verify(
         report.problems.append(
             f"the request reached {app} without mutual TLS (no X-Forwarded-Client-Cert with a SPIFFE identity)"
         )
+    report.details["hardening"] = None
+    if hardening is not None:
+        client = app_pod(facts.get("pods", {}), MESH_CLIENT, where.get(app))
+        hardening_report = verify_hardening(
+            hardening, app, client["spec"].get("nodeName") if client else None
+        )
+        report.problems.extend(hardening_report.problems)
+        report.details["hardening"] = hardening_report.details
     report.details["ha"] = None
     if ha is not None:
         ha_report = verify_ha(ha.facts, ha.probe, ha.control_planes)
         report.problems.extend(ha_report.problems)
         report.details["ha"] = ha_report.details
+    return report
+
+
+# --- The hardening: three attempts that must fail ---------------------------------------------------
+
+# The in-mesh client 96-mesh-facts.sh runs (label app=mesh-client), in a Kata VM with its sidecar.
+MESH_CLIENT = "mesh-client"
+# How the API server words a ValidatingAdmissionPolicy's denial (k8s.io/apiserver, admission
+# plugin policy/validating, dispatcher.go): "ValidatingAdmissionPolicy '<policy>' with binding
+# '<binding>' denied request: <the validation's message>", inside "<resource> "<name>" is
+# forbidden: ..." (admission.NewForbidden) that kubectl prints after "Error from server (<reason>): ".
+VAP_DENIAL = re.compile(
+    r"ValidatingAdmissionPolicy '(?P<policy>[^']*)'(?: with binding '(?P<binding>[^']*)')? "
+    r"denied request: (?P<message>.*)"
+)
+# curl's exit codes for a request that got no answer at all: the connection refused (7), nothing
+# within its time (28), the connection closed (52: "Empty reply from server") or reset (56:
+# "Recv failure: Connection reset by peer") before any response.
+CURL_COULD_NOT_CONNECT, CURL_TIMED_OUT, CURL_EMPTY_REPLY, CURL_RECV_ERROR = 7, 28, 52, 56
+CURL_NO_ANSWER = (CURL_COULD_NOT_CONNECT, CURL_TIMED_OUT, CURL_EMPTY_REPLY, CURL_RECV_ERROR)
+# What httpbin's sidecar does to a plaintext connection under STRICT mutual TLS: it closes or
+# resets it (no TLS handshake, no filter chain); its AuthorizationPolicy answers 403 to a request
+# without a mesh identity, should mutual TLS ever let one in.
+CURL_CLOSED_BY_PEER = (CURL_EMPTY_REPLY, CURL_RECV_ERROR)
+AUTHORIZATION_DENIED = 403
+
+
+def curl_outcome(probe: Mapping[str, Any]) -> tuple[int | None, int | None]:
+    """(HTTP status, curl's exit code) of a probe; the status None when no answer came (curl's
+    %{http_code} is 000 then), the exit code None when curl never ran."""
+    try:
+        status = int(str(probe.get("status") or ""))
+    except ValueError:
+        status = None
+    code = probe.get("curlExit")
+    return (status or None), (code if isinstance(code, int) and not isinstance(code, bool) else None)
+
+
+def policy_denial(output: str) -> tuple[str, str] | None:
+    """(policy name, its message) when kubectl's words carry a ValidatingAdmissionPolicy denial."""
+    for line in output.splitlines():
+        found = VAP_DENIAL.search(line)
+        if found:
+            return found["policy"], found["message"].strip()
+    return None
+
+
+def _said(output: str) -> str:
+    """kubectl's words without its warnings (Pod Security's `warn` level in a sandbox namespace)."""
+    return "\n".join(
+        line for line in output.strip().splitlines() if line.strip() and not line.startswith("Warning: ")
+    )
+
+
+def _runc_refused(report: Report, probe: Mapping[str, Any] | None) -> dict[str, Any]:
+    probe = probe or {}
+    namespace = probe.get("namespace") or "the sandbox namespace"
+    code, message = probe.get("exitCode"), _said(str(probe.get("output") or ""))
+    denial = policy_denial(message)
+    refused = (
+        isinstance(code, int)
+        and code != 0
+        and denial is not None
+        and denial[0] == POLICY_NAME
+        and RUNTIME_MESSAGE in denial[1]
+    )
+    details = {"refused": refused, "namespace": probe.get("namespace"), "exitCode": code, "message": message}
+    if refused:
+        return details
+    check = (
+        f"check that the ValidatingAdmissionPolicy {POLICY_NAME} and its binding exist "
+        f"(kubectl get validatingadmissionpolicy,validatingadmissionpolicybinding {POLICY_NAME}) and "
+        f"that {namespace} is labelled {SANDBOX_LABEL}=true"
+    )
+    if not probe:
+        report.problems.append("no runc probe was recorded (96-mesh-facts.sh's hardening.runcProbe)")
+    elif code == 0:
+        report.problems.append(
+            f"a runc pod (no runtimeClassName) was admitted in sandbox namespace {namespace} "
+            f"(server-side dry run): {message or 'kubectl said nothing'}; {check}"
+        )
+    elif denial is not None and denial[0] == POLICY_NAME:
+        report.problems.append(
+            f"the runc pod in {namespace} was refused by {POLICY_NAME}, but not for its runtime, so "
+            f"the runtime rule let it through: {message}"
+        )
+    else:
+        report.problems.append(
+            f"the runc pod in {namespace} was refused (kubectl exit {code}), but not by the sandbox "
+            f"policy {POLICY_NAME}, so it proves nothing about it: {message or 'kubectl said nothing'}; "
+            f"check what refused it (the proof's permissions, another admission step, the API server)"
+        )
+    return details
+
+
+def _metadata_blocked(report: Report, probe: Mapping[str, Any] | None, node: str | None) -> dict[str, Any]:
+    probe = probe or {}
+    status, code = curl_outcome(probe)
+    origin, detail = probe.get("from") or MESH_CLIENT, str(probe.get("output") or "").strip()
+    blocked = status is None and code in CURL_NO_ANSWER
+    dns = probe.get("dns") or {}
+    details = {
+        "blocked": blocked,
+        "from": probe.get("from"),
+        "node": node,
+        "url": probe.get("url"),
+        "status": status,
+        "curlExit": code,
+        "detail": detail,
+        "dns": dns.get("answer") or None,
+    }
+    if blocked:
+        return details
+    where = f"on node {node}" if node else "on the node it runs on"
+    if not probe:
+        report.problems.append(
+            "no metadata server probe was recorded (96-mesh-facts.sh's hardening.metadata)"
+        )
+    elif status is not None:
+        report.problems.append(
+            f"the metadata server answered HTTP {status} to the in-mesh Kata pod {origin} "
+            f"({probe.get('url')}): pods can reach it and take the node's service-account token (a "
+            f"blocked request gets no answer at all); check the node's block {where}: "
+            f"sudo nft list table inet {METADATA_BLOCK_TABLE}; "
+            f"systemctl status {METADATA_BLOCK_UNIT.rsplit('/', 1)[-1]}"
+        )
+    elif code is None:
+        report.problems.append(
+            f"could not ask the metadata server from {origin} (curl did not run): {detail or 'no output'}"
+        )
+    else:
+        report.problems.append(
+            f"the metadata request from {origin} failed with curl exit {code} ({detail}), not with "
+            "no answer (refused, timed out, closed or reset), so it proves nothing about the block"
+        )
+    return details
+
+
+def _plaintext_refused(report: Report, probe: Mapping[str, Any] | None, app: str) -> dict[str, Any]:
+    probe = probe or {}
+    status, code = curl_outcome(probe)
+    origin, detail = probe.get("from") or "the outside client", str(probe.get("output") or "").strip()
+    sidecar = probe.get("sidecar")
+    closed = status is None and code in CURL_CLOSED_BY_PEER
+    refused = sidecar is False and (closed or status == AUTHORIZATION_DENIED)
+    details = {
+        "refused": refused,
+        "from": probe.get("from"),
+        "url": probe.get("url"),
+        "sidecar": sidecar,
+        "status": status,
+        "curlExit": code,
+        "detail": detail,
+    }
+    if refused:
+        return details
+    if not probe:
+        report.problems.append("no plaintext probe was recorded (96-mesh-facts.sh's hardening.plaintext)")
+    elif sidecar is not False:
+        report.problems.append(
+            f"the client meant to be outside the mesh ({origin}) has an {SIDECAR} sidecar, so its "
+            "request was no plaintext request from outside the mesh: check that its label "
+            "sidecar.istio.io/inject=false reached the pod"
+        )
+    elif status is not None:
+        report.problems.append(
+            f"{app} answered a plaintext request from outside the mesh ({origin}, no sidecar) with "
+            f"HTTP {status}: its mutual TLS is not STRICT and its AuthorizationPolicy let the request "
+            "through; check kubectl get peerauthentication -A and kubectl get authorizationpolicy -A"
+        )
+    elif code is None:
+        report.problems.append(
+            f"could not send the plaintext request from {origin} (curl did not run): {detail or 'no output'}"
+        )
+    else:
+        report.problems.append(
+            f"the plaintext request from outside the mesh ({origin}) never reached {app}: curl exit "
+            f"{code} ({detail}), not a connection its sidecar closed or reset, so it proves nothing; "
+            f"check that {origin} can resolve and reach {probe.get('url')}"
+        )
+    return details
+
+
+def verify_hardening(hardening: Mapping[str, Any], app: str, client_node: str | None = None) -> Report:
+    """The hardening's checks on what 96-mesh-facts.sh recorded: the runc pod refused by the
+    sandbox policy for its runtime, no answer from the metadata server to the in-mesh Kata client
+    (on client_node), and httpbin refusing a plaintext request from a pod without a sidecar."""
+    report = Report()
+    report.details = {
+        "runcRefused": _runc_refused(report, hardening.get("runcProbe")),
+        "metadataBlocked": _metadata_blocked(report, hardening.get("metadata"), client_node),
+        "plaintextRefused": _plaintext_refused(report, hardening.get("plaintext"), app),
+    }
     return report
 
 

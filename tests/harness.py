@@ -239,7 +239,10 @@ class KataMeshMocks(pulumi_mocks.Mocks):
         if name.endswith("-kata-evidence"):
             return json.dumps(sample_evidence(name.removesuffix("-kata-evidence")))
         if name.endswith("-mesh-facts"):
-            return json.dumps(sample_facts(f"kata-mesh-{stack}-worker-0"))
+            # With the hardening's attempts as 96-mesh-facts.sh records them on the recordings
+            # (tests/test_proof_hardening.py checks the script makes exactly this document).
+            facts = sample_facts(f"kata-mesh-{stack}-worker-0")
+            return json.dumps({**facts, "hardening": sample("hardening-facts.json")})
         if name.endswith("-ha-facts"):
             # What 94-ha-facts.sh printed on real etcdctl output (tests/samples/ha, tests/samples/etcd),
             # its dev-stack names swapped for the stack's control planes.

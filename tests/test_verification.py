@@ -232,15 +232,39 @@ esac""",
     assert report.details["runc"]["runtimeHandler"] == ""
 
 
-def fake_kubectl(curl_sample: str) -> str:
+# The plaintext client as the API server returns it: the mesh client's recording, without the
+# sidecar, the Kata RuntimeClass and the app's namespace.
+PLAINTEXT_CLIENT_JSON = (
+    """jq '.items[] | select(.metadata.name == "mesh-client")"""
+    """ | .metadata.name = "plaintext-client" | .metadata.namespace = "default" """
+    """ | .metadata.labels.app = "plaintext-client" | del(.spec.initContainers, .spec.runtimeClassName)"""
+    """ | .spec.containers[0].name = "plaintext-client"' "$SAMPLES/kubectl-get-pods.json" """
+)
+
+
+def fake_kubectl(
+    curl_sample: str,
+    runc: str = "kubectl-run-runc-probe-denied.txt",
+    metadata: str = "curl-probe-timeout.txt",
+    plaintext: str = "curl-probe-reset.txt",
+) -> str:
     """Replays the recordings; every call is logged to $KUBECTL_LOG. Each namespace's pods are the
-    recorded ones of that namespace."""
+    recorded ones of that namespace. The hardening's attempts answer with the recordings named:
+    kubectl's words for the runc pod's dry run (exit 0 only for the one admitted), and what the
+    probe's shell printed in the mesh client (the metadata server) and the plaintext client."""
+    runc_exit = 0 if "admitted" in runc else 1
     return f"""echo "$*" >>"$KUBECTL_LOG"
 namespace_pods() {{ jq --arg ns "$1" '.items |= map(select(.metadata.namespace == $ns))' "$SAMPLES/kubectl-get-pods.json"; }}
 case "$*" in
   *"rollout status"* | *"delete pod mesh-client"* | *"run mesh-client"*) ;;
   *"wait --for=condition=Ready pod/mesh-client"*) ;;
   *"get pod mesh-client -o json"*) jq '.items[] | select(.metadata.name == "mesh-client")' "$SAMPLES/kubectl-get-pods.json" ;;
+  *"run runc-probe"*) cat "$SAMPLES/{runc}"; exit {runc_exit} ;;
+  *"exec mesh-client"*" getent hosts "*) printf '169.254.169.254 metadata.google.internal\n' ;;
+  *"exec mesh-client"*"/computeMetadata/"*) cat "$SAMPLES/{metadata}" ;;
+  *"delete pod plaintext-client"* | *"run plaintext-client"* | *"wait --for=condition=Ready pod/plaintext-client"*) ;;
+  *"get pod plaintext-client -o json"*) {PLAINTEXT_CLIENT_JSON} ;;
+  *"exec plaintext-client"*) cat "$SAMPLES/{plaintext}" ;;
   *"exec mesh-client"*) cat "$SAMPLES/{curl_sample}" ;;
   *"get pods -l app=httpbin -o json"*) namespace_pods httpbin ;;
   *"-n httpbin-runc get pods -l app=httpbin-runc -o json"*) namespace_pods httpbin-runc ;;
@@ -260,6 +284,9 @@ FACTS_ARGS = (
     ("client-runtime-class", "kata-runtime"),
     ("url", "http://httpbin.httpbin:8000/get"),
     ("timeout-seconds", "5"),
+    ("metadata-url", "http://169.254.169.254/computeMetadata/v1/instance/service-accounts/default/token"),
+    ("metadata-host", "metadata.google.internal"),
+    ("outside-namespace", "default"),
 )
 WITH_TWIN = tuple(
     (key, "httpbin/httpbin httpbin-runc/httpbin-runc" if key == "apps" else value)
