@@ -63,6 +63,10 @@ venv/bin/shellcheck --severity=style "${shell_scripts[@]}"
 echo "== pytest"
 venv/bin/python -m pytest "$@"
 
+# Real etcd, nftables in network namespaces, real servers, a 50-node mock run (about a minute).
+echo "== pytest -m system"
+venv/bin/python -m pytest -m system
+
 # The node steps in a real Debian VM under QEMU (minutes): its image is built once, as root, into
 # .cache/test-vm (tests/vm/build.sh; rebuilt only when that script changes).
 echo "== pytest -m vm"

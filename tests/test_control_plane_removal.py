@@ -20,6 +20,9 @@ from node_sandbox import ETCD_CONTAINER_ID, Result, Sandbox, require_sandbox
 
 from components.node_provisioning import NodeStep
 
+# Real servers: scripts/test.sh runs these as their own stage (pyproject.toml, `system`).
+pytestmark = pytest.mark.system
+
 POLICY_FILE = "/etc/kata-mesh/control-plane-policy"
 THREE = {"cp-0": "voter", "cp-1": "voter", "cp-2": "voter"}
 CRICTL_PS = "crictl ps --name ^etcd$ --state Running -q"

@@ -403,6 +403,7 @@ def test_the_concurrency_measure_counts_parallel_and_chained_resources():
     assert max_concurrent(graph, chain) == 1
 
 
+@pytest.mark.system
 def test_fifty_workers_never_open_more_than_a_few_ssh_sessions_to_the_first_control_plane():
     program = scaled(3, workers=50)
     graph = Graph(program)

@@ -41,6 +41,10 @@ from components.node_provisioning import (
     METADATA_IP,
 )
 
+# Real nftables in network namespaces: scripts/test.sh runs these as their own stage
+# (pyproject.toml, `system`).
+pytestmark = pytest.mark.system
+
 UNIT = Path(METADATA_BLOCK_UNIT).name
 POD_CIDR = "10.244.0.0/16"
 POD_IP = "10.244.1.2"
@@ -134,6 +138,7 @@ threading.Event().wait()
 # once, each with the same timeout, and prints name -> result as JSON.
 CLIENT = r"""
 import concurrent.futures, json, socket, struct, sys, urllib.request
+
 
 timeout, checks = float(sys.argv[1]), json.loads(sys.argv[2])
 opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))

@@ -641,6 +641,7 @@ def stand_in_api(tmp_path: Path) -> Iterator[Path]:
     thread.join()
 
 
+@pytest.mark.system
 def test_the_real_kubectl_sends_a_runc_pod_that_the_policy_refuses_and_a_restricted_plaintext_client(
     tmp_path, jq, stand_in_api
 ):
@@ -756,6 +757,7 @@ def run_with_real_curl(tmp_path: Path, metadata_port: int, httpbin_port: int):
     return facts["hardening"], verify_hardening(facts["hardening"], "httpbin", NODE)
 
 
+@pytest.mark.system
 def test_real_curl_a_metadata_server_that_never_answers_and_an_httpbin_that_resets_pass(
     tmp_path, jq, servers
 ):
@@ -768,6 +770,7 @@ def test_real_curl_a_metadata_server_that_never_answers_and_an_httpbin_that_rese
     assert recorded["plaintext"]["output"] == "curl: (56) Recv failure: Connection reset by peer"
 
 
+@pytest.mark.system
 def test_real_curl_a_metadata_server_and_an_httpbin_that_answer_fail(tmp_path, jq, servers):
     recorded, report = run_with_real_curl(tmp_path, servers["answering"], servers["answering"])
     assert (recorded["metadata"]["status"], recorded["metadata"]["curlExit"]) == ("200", 0)
