@@ -111,28 +111,32 @@ class ApiEndpoint(pulumi.ComponentResource):
             backend_service=self.backend_service.id,
             opts=child,
         )
-        self.node_firewall = gcp.compute.Firewall(
-            f"{name}-allow-nodes",
-            name=f"{prefix}-allow-api-from-nodes",
-            network=args.network,
-            direction="INGRESS",
-            allows=[gcp.compute.FirewallAllowArgs(protocol="tcp", ports=[API_PORT])],
-            source_ranges=pulumi.Output.all(*args.node_external_ips).apply(
-                lambda ips: sorted(f"{ip}/32" for ip in ips)
-            ),
-            target_tags=[CONTROL_PLANE_TAG],
-            description="Kubelets and joining nodes reach the API through the load balancer's address",
-            opts=child,
+
+        def allow_api(
+            rule: str, rule_name: str, sources: pulumi.Input[list[str]], what: str
+        ) -> gcp.compute.Firewall:
+            return gcp.compute.Firewall(
+                f"{name}-allow-{rule}",
+                name=f"{prefix}-{rule_name}",
+                network=args.network,
+                direction="INGRESS",
+                allows=[gcp.compute.FirewallAllowArgs(protocol="tcp", ports=[API_PORT])],
+                source_ranges=sources,
+                target_tags=[CONTROL_PLANE_TAG],
+                description=what,
+                opts=child,
+            )
+
+        self.node_firewall = allow_api(
+            "nodes",
+            "allow-api-from-nodes",
+            pulumi.Output.all(*args.node_external_ips).apply(lambda ips: sorted(f"{ip}/32" for ip in ips)),
+            "Kubelets and joining nodes reach the API through the load balancer's address",
         )
-        self.health_check_firewall = gcp.compute.Firewall(
-            f"{name}-allow-health-checks",
-            name=f"{prefix}-allow-api-health-checks",
-            network=args.network,
-            direction="INGRESS",
-            allows=[gcp.compute.FirewallAllowArgs(protocol="tcp", ports=[API_PORT])],
-            source_ranges=list(HEALTH_CHECK_RANGES),
-            target_tags=[CONTROL_PLANE_TAG],
-            description="Google's load balancer health checks of the API servers",
-            opts=child,
+        self.health_check_firewall = allow_api(
+            "health-checks",
+            "allow-api-health-checks",
+            list(HEALTH_CHECK_RANGES),
+            "Google's load balancer health checks of the API servers",
         )
         self.register_outputs({"address": self.address})
