@@ -1,17 +1,22 @@
 """kata-mesh: a kubeadm cluster on GCE whose nodes run Kata Containers beside runc, meshed by Istio."""
 
+import dataclasses
+
 import pulumi
 
 from components.api_endpoint import ApiEndpoint, ApiEndpointArgs
+from components.bastion import Bastion, BastionArgs
 from components.bookinfo import Bookinfo, BookinfoArgs
 from components.cluster import ClusterArgs, KubeadmCluster
+from components.gateway_endpoint import GatewayEndpoint, GatewayEndpointArgs
 from components.mesh import IstioMesh, MeshArgs
 from components.network import API_PORT, Network, NetworkArgs
 from components.node_provisioning import NodeProvisioning, NodeProvisioningArgs, ProvisioningSpec, node_steps
 from components.nodes import ClusterNodes, ClusterNodesArgs, MachineSpec
-from components.proof import Proof, ProofArgs
+from components.proof import OUTSIDE_NAMESPACE, Proof, ProofArgs, app_namespaces
+from components.proof_access import ProofAccess, ProofAccessArgs
 from components.settings import BOOKINFO_NAMESPACE, load_settings
-from components.ssh_access import SshAccess, SshAccessArgs
+from components.ssh_access import SshAccess, SshAccessArgs, SshHost, render_known_hosts, render_ssh_config
 from components.workloads import HTTPBIN_PORT, HttpbinApp, HttpbinArgs, KataRuntimeClass
 
 settings = load_settings()
@@ -27,9 +32,28 @@ network = Network(
         api_allowed_cidrs=settings.api_allowed_cidrs,
         gateway_node_port=gateway_node_port,
         gateway_allowed_cidrs=settings.gateway_allowed_cidrs,
+        private_nodes=settings.private_nodes,
     ),
 )
 ssh = SshAccess("ssh", SshAccessArgs(admin_user=settings.admin_user, private_key=settings.ssh_private_key))
+bastion = (
+    Bastion(
+        "bastion",
+        BastionArgs(
+            name_prefix=settings.name_prefix,
+            stack=settings.stack,
+            zone=settings.zones[0],
+            region=settings.region,
+            machine_type=settings.bastion_machine_type,
+            subnet=network.subnet.id,
+            ssh_keys_metadata=ssh.ssh_keys_metadata,
+            admin_user=settings.admin_user,
+            private_key=ssh.private_key_openssh,
+        ),
+    )
+    if settings.private_nodes
+    else None
+)
 nodes = ClusterNodes(
     "nodes",
     ClusterNodesArgs(
@@ -49,6 +73,9 @@ nodes = ClusterNodes(
         worker_count=settings.worker_count,
         subnet=network.subnet.id,
         ssh_keys_metadata=ssh.ssh_keys_metadata,
+        admin_user=settings.admin_user,
+        private_key=ssh.private_key_openssh,
+        bastion=bastion.ssh if bastion else None,
     ),
 )
 
@@ -64,12 +91,11 @@ provisioning = {
     vm.node_name: NodeProvisioning(
         f"{vm.node_name}-provision",
         NodeProvisioningArgs(
-            host=vm.external_ip,
-            user=settings.admin_user,
-            private_key=ssh.private_key_openssh,
+            ssh=vm.ssh,
             instance_id=vm.instance_id,
             instance=vm.instance,
             steps=node_steps_for_stack,
+            after=[bastion.ready] if bastion else [],
         ),
     )
     for vm in nodes.all
@@ -81,8 +107,26 @@ api = ApiEndpoint(
         region=settings.region,
         zones=settings.zones,
         network=network.network.id,
-        node_external_ips=[vm.external_ip for vm in nodes.all],
+        node_egress_ips=network.nat_ips
+        if settings.private_nodes
+        else [vm.external_ip for vm in nodes.all if vm.external_ip],
     ),
+)
+# Private nodes have no address of their own to reach the gateway's NodePort at: it gets a load
+# balancer, in front of the control planes' groups (kube-proxy serves a NodePort on every node).
+gateway_endpoint = (
+    GatewayEndpoint(
+        "gateway",
+        GatewayEndpointArgs(
+            name_prefix=settings.name_prefix,
+            region=settings.region,
+            node_port=gateway_node_port,
+            network=network.network.id,
+            instance_groups=list(api.instance_groups.values()),
+        ),
+    )
+    if settings.private_nodes and gateway_node_port is not None
+    else None
 )
 cluster = KubeadmCluster(
     "cluster",
@@ -90,8 +134,6 @@ cluster = KubeadmCluster(
         control_planes=nodes.control_planes,
         workers=nodes.workers,
         provisioned={name: p.last for name, p in provisioning.items()},
-        admin_user=settings.admin_user,
-        private_key=ssh.private_key_openssh,
         kubernetes_version=settings.kubernetes_version,
         pod_cidr=settings.pod_cidr,
         service_cidr=settings.service_cidr,
@@ -142,29 +184,62 @@ if settings.bookinfo:
             mesh_ready=mesh.istiod,
         ),
     )
-proof = Proof(
-    "proof",
-    ProofArgs(
-        control_plane=nodes.control_plane,
-        nodes=nodes.all,
-        admin_user=settings.admin_user,
-        private_key=ssh.private_key_openssh,
-        namespace=settings.app_namespace,
-        app="httpbin",
-        runc_twin="httpbin-runc" if settings.runc_twin else None,
-        app_resources=[app],
-        app_fingerprint=app.fingerprint,
-        run_id=settings.verification_run,
-        control_planes=nodes.control_planes,
-        api_endpoint=api.address.apply(lambda ip: f"{ip}:{API_PORT}"),
-        # A worker is not a load-balancer backend, so its request really goes through it.
-        probe_node=(nodes.workers or nodes.control_planes)[0],
+proof_args = ProofArgs(
+    control_plane=nodes.control_plane,
+    nodes=nodes.all,
+    namespace=settings.app_namespace,
+    app="httpbin",
+    runc_twin="httpbin-runc" if settings.runc_twin else None,
+    app_resources=[app],
+    app_fingerprint=app.fingerprint,
+    run_id=settings.verification_run,
+    control_planes=nodes.control_planes,
+    api_endpoint=api.address.apply(lambda ip: f"{ip}:{API_PORT}"),
+    # A worker is not a load-balancer backend, so its request really goes through it.
+    probe_node=(nodes.workers or nodes.control_planes)[0],
+)
+# The proof acts in the cluster as this ServiceAccount only, with what its steps need.
+proof_access = ProofAccess(
+    "proof-access",
+    ProofAccessArgs(
+        provider=cluster.provider,
+        apps=app_namespaces(proof_args),
+        client_namespace=proof_args.namespace,
+        outside_namespace=OUTSIDE_NAMESPACE,
+        after=[app],
     ),
 )
+proof = Proof("proof", dataclasses.replace(proof_args, app_resources=[app, proof_access]))
 
 key_file = f"~/.ssh/{settings.name_prefix}"
+ssh_files = {
+    "sshPrivateKey": key_file,
+    "sshKnownHosts": f"{key_file}.known_hosts",
+    "sshConfig": f"{key_file}.config",
+}
+bastion_alias = f"{settings.name_prefix}-bastion"
+ssh_hosts = pulumi.Output.all(
+    *(
+        pulumi.Output.all(vm.ssh.host, vm.ssh.host_key).apply(
+            lambda parts, vm=vm: SshHost(vm.node_name, parts[0], parts[1], bastion_alias if bastion else None)
+        )
+        for vm in nodes.all
+    ),
+    *(
+        [
+            pulumi.Output.all(bastion.ssh.host, bastion.ssh.host_key).apply(
+                lambda parts: SshHost(bastion_alias, *parts)
+            )
+        ]
+        if bastion
+        else []
+    ),
+)
 pulumi.export("apiEndpoint", api.address.apply(lambda ip: f"https://{ip}:{API_PORT}"))
-pulumi.export("controlPlaneExternalIp", nodes.control_plane.external_ip)
+if bastion:
+    pulumi.export("bastionExternalIp", bastion.external_ip)
+else:
+    pulumi.export("controlPlaneExternalIp", nodes.control_plane.external_ip)
 pulumi.export(
     "nodes",
     {
@@ -172,25 +247,35 @@ pulumi.export(
         for vm in nodes.all
     },
 )
+pulumi.export("sshKnownHosts", ssh_hosts.apply(render_known_hosts))
+pulumi.export(
+    "sshConfig",
+    ssh_hosts.apply(
+        lambda hosts: render_ssh_config(hosts, settings.admin_user, key_file, ssh_files["sshKnownHosts"])
+    ),
+)
+# The files are made anew under umask 077: readable by their owner only from their first byte.
 pulumi.export(
     "sshCommand",
-    nodes.control_plane.external_ip.apply(
-        # The key file is made anew under umask 077: readable by its owner only from its first byte.
-        lambda ip: (
-            f"(umask 077 && mkdir -p ~/.ssh && rm -f {key_file} && pulumi stack output sshPrivateKey "
-            f"--show-secrets --stack {settings.stack} > {key_file}) && ssh -i {key_file} {settings.admin_user}@{ip}"
-        )
-    ),
+    "(umask 077 && mkdir -p ~/.ssh"
+    + "".join(
+        f" && rm -f {path} && pulumi stack output {output} --show-secrets --stack {settings.stack} > {path}"
+        for output, path in ssh_files.items()
+    )
+    + f") && ssh -F {ssh_files['sshConfig']} {nodes.control_plane.node_name}",
 )
 pulumi.export("sshPrivateKey", ssh.private_key_openssh)
 pulumi.export("kubeconfig", cluster.kubeconfig)
-pulumi.export(
-    "httpbinUrl",
-    nodes.control_plane.external_ip.apply(lambda ip: f"http://{ip}:{gateway_node_port}/get")
-    if gateway_node_port is not None
-    else (
+if gateway_node_port is None:
+    httpbin_url: pulumi.Input[str] = (
         f"kubectl --kubeconfig kubeconfig -n {settings.app_namespace} port-forward svc/httpbin "
         f"{HTTPBIN_PORT}:{HTTPBIN_PORT}  # then open http://localhost:{HTTPBIN_PORT}/get"
-    ),
-)
+    )
+elif gateway_endpoint is not None:
+    httpbin_url = gateway_endpoint.url
+else:
+    httpbin_url = pulumi.Output.from_input(nodes.control_plane.ssh.host).apply(
+        lambda ip: f"http://{ip}:{gateway_node_port}/get"
+    )
+pulumi.export("httpbinUrl", httpbin_url)
 pulumi.export("verification", proof.report)

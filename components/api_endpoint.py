@@ -36,8 +36,9 @@ class ApiEndpointArgs:
     # control planes are added or removed, only the groups' members.
     zones: Sequence[str]
     network: pulumi.Input[str]
-    # Nodes reach the load balancer from their external addresses (it is an external one).
-    node_external_ips: Sequence[pulumi.Input[str]]
+    # Where the nodes' calls to the load balancer (an external one) come from: their external
+    # addresses, or Cloud NAT's with private nodes.
+    node_egress_ips: Sequence[pulumi.Input[str]]
 
 
 class ApiEndpoint(pulumi.ComponentResource):
@@ -130,7 +131,7 @@ class ApiEndpoint(pulumi.ComponentResource):
         self.node_firewall = allow_api(
             "nodes",
             "allow-api-from-nodes",
-            pulumi.Output.all(*args.node_external_ips).apply(lambda ips: sorted(f"{ip}/32" for ip in ips)),
+            pulumi.Output.all(*args.node_egress_ips).apply(lambda ips: sorted(f"{ip}/32" for ip in ips)),
             "Kubelets and joining nodes reach the API through the load balancer's address",
         )
         self.health_check_firewall = allow_api(

@@ -59,8 +59,6 @@ class ClusterArgs:
     workers: Sequence[NodeVm]
     # The last provisioning step of each node, by node name.
     provisioned: Mapping[str, pulumi.Resource]
-    admin_user: str
-    private_key: pulumi.Input[str]
     kubernetes_version: str
     pod_cidr: str
     service_cidr: str
@@ -115,7 +113,7 @@ class KubeadmCluster(pulumi.ComponentResource):
     def __init__(self, name: str, args: ClusterArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("kata-mesh:cluster:KubeadmCluster", name, None, opts)
         cp = args.control_planes[0]
-        self.cp_connection = cp_connection = ssh_connection(cp.external_ip, args.admin_user, args.private_key)
+        self.cp_connection = cp_connection = ssh_connection(cp.ssh)
         # Workers' and further control planes' steps on cp-0, in two sets of lanes: tokens, made
         # right after init, and removal steps, made after each join. Sharing lanes would make a
         # token wait for an earlier node's join.
@@ -326,7 +324,7 @@ class KubeadmCluster(pulumi.ComponentResource):
                     ("audit-policy-b64", self.audit_policy_b64),
                 ),
             ),
-            ssh_connection(vm.external_ip, args.admin_user, args.private_key),
+            ssh_connection(vm.ssh),
             pulumi.ResourceOptions(
                 parent=self,
                 depends_on=[token, args.provisioned[vm.node_name]],
@@ -375,7 +373,7 @@ class KubeadmCluster(pulumi.ComponentResource):
                 "70-kubeadm-join.sh",
                 (("node-name", worker.node_name), ("token-step", f"{worker.node_name}-join-token")),
             ),
-            ssh_connection(worker.external_ip, args.admin_user, args.private_key),
+            ssh_connection(worker.ssh),
             pulumi.ResourceOptions(parent=self, depends_on=[token, args.provisioned[worker.node_name]]),
             extra_triggers=[worker.instance_id, self.init.id],
             secret_args=join_args,

@@ -1,5 +1,6 @@
 """The cluster's own VPC, subnet and firewall: what the nodes need from each other, SSH, the API and
-the ingress gateway, each from its own sources only."""
+the ingress gateway, each from its own sources only; with private nodes, Cloud NAT for their
+egress and SSH to them from the bastion only."""
 
 from __future__ import annotations
 
@@ -12,6 +13,11 @@ import pulumi_gcp as gcp
 # Network tags the firewall rules target; NodeVm puts them on the instances.
 NODE_TAG = "kata-mesh-node"
 CONTROL_PLANE_TAG = "kata-mesh-control-plane"
+BASTION_TAG = "kata-mesh-bastion"
+# Cloud NAT's ports per node: dynamic allocation from MIN up to MAX, so a node pulling many
+# images at once gets more, and one NAT address (64,512 ports) serves 252 nodes at their minimum.
+NAT_MIN_PORTS_PER_VM = 256
+NAT_MAX_PORTS_PER_VM = 8192
 SSH_PORT = "22"
 API_PORT = "6443"
 
@@ -103,6 +109,9 @@ class NetworkArgs:
     # Who may reach the gateway's NodePort. None falls back to api_allowed_cidrs, as before the
     # setting existed; __main__.py passes settings.gateway_allowed_cidrs.
     gateway_allowed_cidrs: Sequence[str] | None = None
+    # Nodes without external addresses: a Cloud Router and Cloud NAT (one static address) give
+    # them egress, and SSH reaches them from the bastion only (ssh_allowed_cidrs reach the bastion).
+    private_nodes: bool = False
 
 
 class Network(pulumi.ComponentResource):
@@ -112,6 +121,9 @@ class Network(pulumi.ComponentResource):
     subnet: gcp.compute.Subnetwork
     # INTERNAL_RULES' firewall rules, by rule.
     internal_firewalls: dict[str, gcp.compute.Firewall]
+    # Where private nodes' traffic to the internet comes from (the API load balancer's address
+    # included): Cloud NAT's static address. Empty with public nodes.
+    nat_ips: list[pulumi.Output[str]]
 
     def __init__(self, name: str, args: NetworkArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("kata-mesh:network:Network", name, None, opts)
@@ -167,7 +179,25 @@ class Network(pulumi.ComponentResource):
                 opts=child,
             )
 
-        self.ssh_firewall = allow_tcp("ssh", SSH_PORT, args.ssh_allowed_cidrs, NODE_TAG, "SSH")
+        self.nat_ips = []
+        if args.private_nodes:
+            self.ssh_firewall = gcp.compute.Firewall(
+                f"{name}-allow-ssh",
+                name=f"{prefix}-allow-ssh",
+                network=self.network.id,
+                direction="INGRESS",
+                allows=[gcp.compute.FirewallAllowArgs(protocol="tcp", ports=[SSH_PORT])],
+                source_tags=[BASTION_TAG],
+                target_tags=[NODE_TAG],
+                description="SSH to the nodes from the bastion only",
+                opts=child,
+            )
+            self.bastion_firewall = allow_tcp(
+                "bastion-ssh", SSH_PORT, args.ssh_allowed_cidrs, BASTION_TAG, "SSH to the bastion"
+            )
+            self._nat(name, args, child)
+        else:
+            self.ssh_firewall = allow_tcp("ssh", SSH_PORT, args.ssh_allowed_cidrs, NODE_TAG, "SSH")
         self.api_firewall = allow_tcp(
             "api", API_PORT, args.api_allowed_cidrs, CONTROL_PLANE_TAG, "Kubernetes API"
         )
@@ -181,5 +211,46 @@ class Network(pulumi.ComponentResource):
                 "Istio ingress gateway (NodePort)",
             )
         self.register_outputs(
-            {"network": self.network.id, "subnet": self.subnet.id},
+            {"network": self.network.id, "subnet": self.subnet.id, "natIps": self.nat_ips},
         )
+
+    def _nat(self, name: str, args: NetworkArgs, child: pulumi.ResourceOptions) -> None:
+        """Cloud NAT for the nodes' subnet on a static address, so the firewall in front of the API
+        (which the nodes reach at the load balancer's external address) can name it."""
+        prefix = args.name_prefix
+        self.nat_address = gcp.compute.Address(
+            f"{name}-nat-ip",
+            name=f"{prefix}-nat",
+            region=args.region,
+            address_type="EXTERNAL",
+            description="Private nodes' egress address (Cloud NAT)",
+            opts=child,
+        )
+        self.router = gcp.compute.Router(
+            f"{name}-router",
+            name=f"{prefix}-router",
+            region=args.region,
+            network=self.network.id,
+            opts=child,
+        )
+        self.nat = gcp.compute.RouterNat(
+            f"{name}-nat",
+            name=f"{prefix}-nat",
+            router=self.router.name,
+            region=args.region,
+            nat_ip_allocate_option="MANUAL_ONLY",
+            nat_ips=[self.nat_address.self_link],
+            source_subnetwork_ip_ranges_to_nat="LIST_OF_SUBNETWORKS",
+            subnetworks=[
+                gcp.compute.RouterNatSubnetworkArgs(
+                    name=self.subnet.id, source_ip_ranges_to_nats=["ALL_IP_RANGES"]
+                )
+            ],
+            enable_dynamic_port_allocation=True,
+            enable_endpoint_independent_mapping=False,
+            min_ports_per_vm=NAT_MIN_PORTS_PER_VM,
+            max_ports_per_vm=NAT_MAX_PORTS_PER_VM,
+            log_config=gcp.compute.RouterNatLogConfigArgs(enable=True, filter="ERRORS_ONLY"),
+            opts=child,
+        )
+        self.nat_ips = [self.nat_address.address]

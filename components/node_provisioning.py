@@ -110,16 +110,21 @@ def b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
 
 
+def wait_ready_step() -> NodeStep:
+    """Every machine's first step (the bastion's only one): cloud-init done, host key installed."""
+    return NodeStep(
+        "wait-ready",
+        "00-wait-ready.sh",
+        (("timeout-seconds", str(CLOUD_INIT_TIMEOUT_SECONDS)),),
+        privileged=False,
+    )
+
+
 def node_steps(spec: ProvisioningSpec) -> list[NodeStep]:
     """The six steps every node runs, in order."""
     containerd_major = int(versions.CONTAINERD.version.split(".")[0])
     return [
-        NodeStep(
-            "wait-ready",
-            "00-wait-ready.sh",
-            (("timeout-seconds", str(CLOUD_INIT_TIMEOUT_SECONDS)),),
-            privileged=False,
-        ),
+        wait_ready_step(),
         NodeStep(
             "prerequisites",
             "10-prerequisites.sh",
@@ -185,15 +190,39 @@ def node_steps(spec: ProvisioningSpec) -> list[NodeStep]:
     ]
 
 
-def ssh_connection(
-    host: pulumi.Input[str], user: str, private_key: pulumi.Input[str], wait_for_boot: bool = False
-) -> command.remote.ConnectionArgs:
+@dataclass(frozen=True)
+class SshTarget:
+    """How the program reaches one machine over SSH: where, as whom, and whose host key to expect."""
+
+    host: pulumi.Input[str]
+    user: str
+    private_key: pulumi.Input[str]
+    # The machine's ED25519 host key (authorized_keys format): a different one fails the step.
+    host_key: pulumi.Input[str]
+    # The bastion to go through when the machine has no external address.
+    proxy: SshTarget | None = None
+
+
+def ssh_connection(target: SshTarget, wait_for_boot: bool = False) -> command.remote.ConnectionArgs:
+    # A booting VM: dial until sshd answers; the step's own timeout bounds the wait.
+    dial_error_limit = -1 if wait_for_boot else 10
+    proxy = target.proxy
     return command.remote.ConnectionArgs(
-        host=host,
-        user=user,
-        private_key=private_key,
-        # A booting VM: dial until sshd answers; the step's own timeout bounds the wait.
-        dial_error_limit=-1 if wait_for_boot else 10,
+        host=target.host,
+        user=target.user,
+        private_key=target.private_key,
+        host_key=target.host_key,
+        proxy=None
+        if proxy is None
+        else command.remote.ProxyConnectionArgs(
+            host=proxy.host,
+            user=proxy.user,
+            private_key=proxy.private_key,
+            host_key=proxy.host_key,
+            dial_error_limit=dial_error_limit,
+            per_dial_timeout=15,
+        ),
+        dial_error_limit=dial_error_limit,
         per_dial_timeout=15,
     )
 
@@ -248,13 +277,13 @@ def remote_step(
 
 @dataclass(frozen=True)
 class NodeProvisioningArgs:
-    host: pulumi.Input[str]
-    user: str
-    private_key: pulumi.Input[str]
+    ssh: SshTarget
     # The VM's id: a replaced VM is a new machine, so every step runs again on it.
     instance_id: pulumi.Input[str]
     instance: pulumi.Resource
     steps: Sequence[NodeStep]
+    # What the first step waits for besides the VM (the bastion it goes through).
+    after: Sequence[pulumi.Resource] = ()
 
 
 class NodeProvisioning(pulumi.ComponentResource):
@@ -274,10 +303,10 @@ class NodeProvisioning(pulumi.ComponentResource):
             self.steps[step.name] = remote_step(
                 f"{name}-{step.name}",
                 step,
-                ssh_connection(args.host, args.user, args.private_key, wait_for_boot=first),
+                ssh_connection(args.ssh, wait_for_boot=first),
                 pulumi.ResourceOptions(
                     parent=self,
-                    depends_on=[previous],
+                    depends_on=[previous, *(args.after if first else ())],
                     custom_timeouts=pulumi.CustomTimeouts(create="20m" if first else "30m"),
                 ),
                 extra_triggers=[args.instance_id],

@@ -7,7 +7,9 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_gcp as gcp
 
+from components.host_key import HostKey, make_host_key
 from components.network import CONTROL_PLANE_TAG, NODE_TAG
+from components.node_provisioning import SshTarget
 
 # Looked up by family so new stacks get the current image; running nodes ignore later images.
 UBUNTU_IMAGE_FAMILY = "ubuntu-2404-lts-amd64"
@@ -19,6 +21,18 @@ NODE_SCOPES = (
 )
 CONTROL_PLANE = "control-plane"
 WORKER = "worker"
+
+
+def ssh_metadata(ssh_keys_metadata: pulumi.Input[str], host_key: HostKey) -> dict[str, pulumi.Input[str]]:
+    """Instance metadata for SSH: only the stack's key may log in, with the pinned host key."""
+    return {
+        "ssh-keys": ssh_keys_metadata,
+        # Only the stack's key: no project-wide keys, and OS Login would ignore ssh-keys.
+        "block-project-ssh-keys": "true",
+        "enable-oslogin": "false",
+        # cloud-init installs the host key the program pins (components/host_key.py).
+        "user-data": host_key.user_data,
+    }
 
 
 @dataclass(frozen=True)
@@ -47,6 +61,11 @@ class NodeVmArgs:
     subnet: pulumi.Input[str]
     service_account_email: pulumi.Input[str]
     ssh_keys_metadata: pulumi.Input[str]
+    admin_user: str
+    private_key: pulumi.Input[str]
+    # With a bastion the node has no external address: SSH goes through the bastion, egress through
+    # Cloud NAT. None: a static external address, SSH straight to it.
+    bastion: SshTarget | None = None
 
 
 def _scheduling(spot: bool) -> gcp.compute.InstanceSchedulingArgs:
@@ -63,27 +82,35 @@ def _scheduling(spot: bool) -> gcp.compute.InstanceSchedulingArgs:
 
 
 class NodeVm(pulumi.ComponentResource):
-    """One node: a static external address and an Ubuntu VM with nested virtualization."""
+    """One node: an Ubuntu VM with nested virtualization, its pinned SSH host key, and a static
+    external address unless it is reached through the bastion."""
 
     name: pulumi.Output[str]
     internal_ip: pulumi.Output[str]
-    external_ip: pulumi.Output[str]
+    # None for a private node.
+    external_ip: pulumi.Output[str] | None
     instance_id: pulumi.Output[str]
+    ssh: SshTarget
 
     def __init__(self, name: str, args: NodeVmArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("kata-mesh:nodes:NodeVm", name, None, opts)
         self.node_name = args.name
         self.zone = args.zone
         machine = args.machine
-        # Static, so a stopped and restarted (or preempted) node keeps the address that SSH,
-        # the kubeconfig and the API server certificate use.
-        self.address = gcp.compute.Address(
-            f"{name}-ip",
-            name=f"{args.name}-ip",
-            region=machine.region,
-            address_type="EXTERNAL",
-            opts=pulumi.ResourceOptions(parent=self),
-        )
+        self.host_key = make_host_key(name, self)
+        access_configs = None
+        self.external_ip = None
+        if args.bastion is None:
+            # Static, so a stopped and restarted (or preempted) node keeps the address SSH uses.
+            self.address = gcp.compute.Address(
+                f"{name}-ip",
+                name=f"{args.name}-ip",
+                region=machine.region,
+                address_type="EXTERNAL",
+                opts=pulumi.ResourceOptions(parent=self),
+            )
+            self.external_ip = self.address.address
+            access_configs = [gcp.compute.InstanceNetworkInterfaceAccessConfigArgs(nat_ip=self.external_ip)]
         tags = [NODE_TAG, CONTROL_PLANE_TAG] if args.role == CONTROL_PLANE else [NODE_TAG]
         self.instance = gcp.compute.Instance(
             name,
@@ -105,9 +132,8 @@ class NodeVm(pulumi.ComponentResource):
             network_interfaces=[
                 gcp.compute.InstanceNetworkInterfaceArgs(
                     subnetwork=args.subnet,
-                    access_configs=[
-                        gcp.compute.InstanceNetworkInterfaceAccessConfigArgs(nat_ip=self.address.address)
-                    ],
+                    # None: no external address at all (a private node).
+                    access_configs=access_configs,
                 )
             ],
             scheduling=_scheduling(machine.spot),
@@ -120,12 +146,7 @@ class NodeVm(pulumi.ComponentResource):
                 enable_vtpm=True,
                 enable_integrity_monitoring=True,
             ),
-            metadata={
-                "ssh-keys": args.ssh_keys_metadata,
-                # Only the stack's key: no project-wide keys, and OS Login would ignore ssh-keys.
-                "block-project-ssh-keys": "true",
-                "enable-oslogin": "false",
-            },
+            metadata=ssh_metadata(args.ssh_keys_metadata, self.host_key),
             labels={"app": "kata-mesh", "stack": args.stack, "role": args.role},
             tags=tags,
             allow_stopping_for_update=True,
@@ -137,8 +158,14 @@ class NodeVm(pulumi.ComponentResource):
         )
         self.name = self.instance.name
         self.internal_ip = self.instance.network_interfaces.apply(lambda nics: nics[0].network_ip or "")
-        self.external_ip = self.address.address
         self.instance_id = self.instance.instance_id
+        self.ssh = SshTarget(
+            host=self.internal_ip if self.external_ip is None else self.external_ip,
+            user=args.admin_user,
+            private_key=args.private_key,
+            host_key=self.host_key.public_key_openssh,
+            proxy=args.bastion,
+        )
         self.register_outputs(
             {"name": self.name, "internalIp": self.internal_ip, "externalIp": self.external_ip}
         )
@@ -153,6 +180,10 @@ class ClusterNodesArgs:
     worker_count: int
     subnet: pulumi.Input[str]
     ssh_keys_metadata: pulumi.Input[str]
+    admin_user: str
+    private_key: pulumi.Input[str]
+    # Private nodes: every SSH step goes through this bastion, and no node has an external address.
+    bastion: SshTarget | None = None
 
 
 def zone_for(zones: tuple[str, ...], index: int) -> str:
@@ -197,13 +228,16 @@ class ClusterNodes(pulumi.ComponentResource):
                     subnet=args.subnet,
                     service_account_email=self.service_account.email,
                     ssh_keys_metadata=args.ssh_keys_metadata,
+                    admin_user=args.admin_user,
+                    private_key=args.private_key,
+                    bastion=args.bastion,
                 ),
                 opts=child,
             )
 
         self.control_planes = [node(CONTROL_PLANE, i) for i in range(args.control_plane_count)]
         self.workers = [node(WORKER, i) for i in range(args.worker_count)]
-        self.register_outputs({"controlPlaneIps": [vm.external_ip for vm in self.control_planes]})
+        self.register_outputs({"controlPlaneIps": [vm.internal_ip for vm in self.control_planes]})
 
     @property
     def control_plane(self) -> NodeVm:

@@ -18,6 +18,7 @@ import pulumi_command as command
 from components import versions
 from components.node_provisioning import METADATA_IP, NodeStep, b64, remote_step, ssh_connection
 from components.nodes import NodeVm
+from components.proof_access import PROOF_SERVICE_ACCOUNT, PROOF_SERVICE_ACCOUNT_NAMESPACE
 from components.verification import HaEvidence, verify
 from components.workloads import HTTPBIN_PORT, RUNTIME_CLASS, runc_namespace
 
@@ -41,13 +42,23 @@ METADATA_HOST = "metadata.google.internal"
 OUTSIDE_NAMESPACE = "default"
 
 
-def ha_facts_step(control_planes: Sequence[str]) -> NodeStep:
+def ha_facts_step(
+    control_planes: Sequence[str],
+    service_account: str = PROOF_SERVICE_ACCOUNT,
+    service_account_namespace: str = PROOF_SERVICE_ACCOUNT_NAMESPACE,
+) -> NodeStep:
     """94-ha-facts.sh on the first control plane: the control-plane Nodes, etcd's members and
-    their health, for these control planes (node names, which are also etcd's member names)."""
+    their health, for these control planes (node names, which are also etcd's member names).
+    kubectl runs as the proof's ServiceAccount (components/proof_access.py)."""
     return NodeStep(
         "ha-facts",
         "94-ha-facts.sh",
-        (("control-planes", " ".join(control_planes)), ("attempts", str(HA_FACTS_ATTEMPTS))),
+        (
+            ("control-planes", " ".join(control_planes)),
+            ("proof-service-account", service_account),
+            ("proof-service-account-namespace", service_account_namespace),
+            ("attempts", str(HA_FACTS_ATTEMPTS)),
+        ),
     )
 
 
@@ -70,8 +81,6 @@ def api_probe_step(endpoint: str, through_load_balancer: bool) -> NodeStep:
 class ProofArgs:
     control_plane: NodeVm
     nodes: Sequence[NodeVm]
-    admin_user: str
-    private_key: pulumi.Input[str]
     namespace: str
     app: str
     runc_twin: str | None
@@ -105,7 +114,8 @@ def mesh_facts_step(args: ProofArgs) -> NodeStep:
     """96-mesh-facts.sh: each app as <namespace>/<deployment>; the in-mesh client, in a Kata VM (the
     sandbox's admission policy admits nothing else), in the Kata app's namespace; then the
     hardening's attempts: a runc pod in that namespace (dry run), the metadata server's token from
-    the in-mesh client, httpbin's URL in plaintext from a pod in the outside namespace."""
+    the in-mesh client, httpbin's URL in plaintext from a pod in the outside namespace. kubectl runs
+    as the proof's ServiceAccount (components/proof_access.py grants it exactly what this needs)."""
     return NodeStep(
         "mesh-facts",
         "96-mesh-facts.sh",
@@ -119,6 +129,8 @@ def mesh_facts_step(args: ProofArgs) -> NodeStep:
             ("metadata-url", METADATA_TOKEN_URL),
             ("metadata-host", METADATA_HOST),
             ("outside-namespace", OUTSIDE_NAMESPACE),
+            ("proof-service-account", PROOF_SERVICE_ACCOUNT),
+            ("proof-service-account-namespace", PROOF_SERVICE_ACCOUNT_NAMESPACE),
         ),
     )
 
@@ -141,7 +153,7 @@ class Proof(pulumi.ComponentResource):
         super().__init__("kata-mesh:proof:Proof", name, None, opts)
         triggers = [args.app_fingerprint, args.run_id]
         cp = args.control_plane
-        cp_connection = ssh_connection(cp.external_ip, args.admin_user, args.private_key)
+        cp_connection = ssh_connection(cp.ssh)
         namespaces = app_namespaces(args)
         facts = remote_step(
             f"{name}-mesh-facts",
@@ -155,7 +167,7 @@ class Proof(pulumi.ComponentResource):
             remote_step(
                 f"{vm.node_name}-kata-evidence",
                 evidence_step,
-                ssh_connection(vm.external_ip, args.admin_user, args.private_key),
+                ssh_connection(vm.ssh),
                 pulumi.ResourceOptions(parent=self, depends_on=[facts]),
                 extra_triggers=triggers,
             )
@@ -223,7 +235,7 @@ class Proof(pulumi.ComponentResource):
         probe = remote_step(
             f"{args.probe_node.node_name}-api-probe",
             api_probe_step("", through_load_balancer),
-            ssh_connection(args.probe_node.external_ip, args.admin_user, args.private_key),
+            ssh_connection(args.probe_node.ssh),
             opts,
             extra_triggers=ha_triggers,
             args=pulumi.Output.from_input(args.api_endpoint).apply(

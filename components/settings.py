@@ -39,6 +39,8 @@ PROJECT_KEYS = (
     "apiAllowedCidrs",
     "gatewayAllowedCidrs",
     "allowWorldAccess",
+    "privateNodes",
+    "bastionMachineType",
     "adminUser",
     "sshPrivateKey",
     "kubernetesVersion",
@@ -101,6 +103,8 @@ PREDEFINED_TYPE = re.compile(
     r"^(?P<series>[a-z][a-z0-9]*)-(?P<kind>[a-z]+)-(?P<cpus>\d+)(?:-(?P<suffix>lssd|metal))?$"
 )
 CUSTOM_TYPE = re.compile(r"^(?:(?P<series>[a-z][a-z0-9]*)-)?custom-(?P<cpus>\d+)-(?P<mem>\d+)(?P<ext>-ext)?$")
+# Shared-core types (no vCPU count in the name), enough for the bastion.
+SHARED_CORE_TYPE = re.compile(r"^(?:e2-(?:micro|small|medium)|f1-micro|g1-small)$")
 SERIES_PREFIX = re.compile(r"^(?P<series>[a-z][a-z0-9]*)-[a-z0-9]")
 # The minimum CPU platforms GCE offers per machine series, from the availability table of
 # "Specify a minimum CPU platform for compute instances"
@@ -237,6 +241,9 @@ class Settings:
     api_allowed_cidrs: tuple[str, ...]
     gateway_allowed_cidrs: tuple[str, ...]
     allow_world_access: bool
+    # Nodes without external addresses, reached over SSH through a bastion (its machine type).
+    private_nodes: bool
+    bastion_machine_type: str
     admin_user: str
     kubernetes_version: str
     kata_version: str
@@ -654,10 +661,12 @@ class _Exposure:
     risk: str
 
 
-def _exposures(gateway_node_port: int) -> dict[str, _Exposure]:
+def _exposures(gateway_node_port: int, private_nodes: bool) -> dict[str, _Exposure]:
     return {
         "sshAllowedCidrs": _Exposure(
-            "SSH (22) on every node",
+            "SSH (22) on the bastion, the only way to the private nodes"
+            if private_nodes
+            else "SSH (22) on every node",
             "anyone on the internet could try SSH logins on every node, with any key that leaks, "
             "and reach any sshd flaw before it is patched",
         ),
@@ -715,10 +724,12 @@ def _check_access(
     allow_world_access: bool,
     ingress_gateway: bool,
     gateway_node_port: int,
+    private_nodes: bool,
 ) -> None:
-    """Who may reach the cluster: sshAllowedCidrs and apiAllowedCidrs are always required,
-    gatewayAllowedCidrs with the gateway on; every listed range is checked, world-open ones too."""
-    exposures = _exposures(gateway_node_port)
+    """Who may reach the cluster: sshAllowedCidrs (the bastion's, with private nodes) and
+    apiAllowedCidrs are always required, gatewayAllowedCidrs with the gateway on; every listed
+    range is checked, world-open ones too."""
+    exposures = _exposures(gateway_node_port, private_nodes)
     for key in ("sshAllowedCidrs", "apiAllowedCidrs"):
         missing = _required_fix(key, exposures[key].reaches)
         _check_allowed_cidrs(r, key, listed[key], exposures[key], allow_world_access, missing)
@@ -849,6 +860,8 @@ def _read(raw: Mapping[str, str | None], stack: str) -> tuple[_Reader, Settings 
     api_allowed_cidrs = r.string_list("apiAllowedCidrs")
     gateway_allowed_cidrs = r.string_list("gatewayAllowedCidrs")
     allow_world_access = r.boolean("allowWorldAccess")
+    private_nodes = r.boolean("privateNodes")
+    bastion_machine_type = r.string("bastionMachineType")
     admin_user = r.string("adminUser")
     ssh_private_key = r.string("sshPrivateKey") or None
     kubernetes_version = r.string("kubernetesVersion")
@@ -903,7 +916,17 @@ def _read(raw: Mapping[str, str | None], stack: str) -> tuple[_Reader, Settings 
         allow_world_access,
         ingress_gateway,
         gateway_node_port,
+        private_nodes,
     )
+    if private_nodes and not any(
+        pattern.match(bastion_machine_type) for pattern in (SHARED_CORE_TYPE, PREDEFINED_TYPE, CUSTOM_TYPE)
+    ):
+        r.problem(
+            "bastionMachineType",
+            bastion_machine_type,
+            "must be a GCE machine type for the bastion, which only forwards SSH (no nested "
+            f"virtualization needed), e.g. {set_command('bastionMachineType', 'e2-small')}",
+        )
     if not LINUX_USER.match(admin_user) or admin_user == "root":
         r.problem("adminUser", admin_user, "must be a lowercase Linux user name other than root")
     if ssh_private_key is not None and not PRIVATE_KEY_HEADER.match(ssh_private_key.strip()):
@@ -949,6 +972,8 @@ def _read(raw: Mapping[str, str | None], stack: str) -> tuple[_Reader, Settings 
         api_allowed_cidrs=api_allowed_cidrs,
         gateway_allowed_cidrs=gateway_allowed_cidrs,
         allow_world_access=allow_world_access,
+        private_nodes=private_nodes,
+        bastion_machine_type=bastion_machine_type,
         admin_user=admin_user,
         kubernetes_version=kubernetes_version,
         kata_version=kata_version,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pulumi
@@ -45,3 +46,44 @@ class SshAccess(pulumi.ComponentResource):
             lambda k: f"{args.admin_user}:{k} {args.admin_user}"
         )
         self.register_outputs({"publicKeyOpenssh": self.public_key_openssh})
+
+
+@dataclass(frozen=True)
+class SshHost:
+    """One machine as the user's ssh sees it: an alias (its GCE name), where it is, its host key."""
+
+    alias: str
+    address: str
+    host_key: str
+    # The alias of the host to jump through (the bastion), if any.
+    jump: str | None = None
+    port: int = 22
+
+
+def render_known_hosts(hosts: Sequence[SshHost]) -> str:
+    """known_hosts lines keyed by alias (each Host entry sets HostKeyAlias), so the key pinned for
+    a machine is checked whatever address reaches it."""
+    return "".join(f"{host.alias} {host.host_key.strip()}\n" for host in hosts)
+
+
+def render_ssh_config(hosts: Sequence[SshHost], user: str, key_file: str, known_hosts_file: str) -> str:
+    """An ssh_config for the stack's machines: the stack's key, only its pinned host keys, and the
+    bastion as ProxyJump for private nodes. Use with `ssh -F <file> <alias>`."""
+    blocks = []
+    for host in hosts:
+        lines = [
+            f"Host {host.alias}",
+            f"  HostName {host.address}",
+            f"  Port {host.port}",
+            f"  User {user}",
+            f"  IdentityFile {key_file}",
+            "  IdentitiesOnly yes",
+            f"  HostKeyAlias {host.alias}",
+            f"  UserKnownHostsFile {known_hosts_file}",
+            "  StrictHostKeyChecking yes",
+            "  HostKeyAlgorithms ssh-ed25519",
+        ]
+        if host.jump:
+            lines.append(f"  ProxyJump {host.jump}")
+        blocks.append("\n".join(lines) + "\n")
+    return "\n".join(blocks)

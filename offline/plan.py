@@ -55,6 +55,15 @@ PLACEHOLDER_EXTERNAL_NET = ipaddress.ip_network("203.0.113.0/24")
 # Past every node's number (at most 5 control planes and 99 workers from .2).
 PLACEHOLDER_API_HOST = 200
 API_ADDRESS_SUFFIX = "-api"
+# The other addresses that are no node's, by how their names end: the gateway's load balancer,
+# Cloud NAT's, the bastion's.
+PLACEHOLDER_HOSTS_BY_SUFFIX = {
+    API_ADDRESS_SUFFIX: PLACEHOLDER_API_HOST,
+    "-gateway": 201,
+    "-nat": 202,
+    "-bastion-ip": 203,
+}
+BASTION_SUFFIX = "-bastion"
 PLACEHOLDER_PROJECT = "my-gcp-project"
 # The certificate key's stand-in (a secret: no plan file may show it; a test checks).
 PLACEHOLDER_RANDOM_HEX = "feedc0de" * 16
@@ -184,9 +193,14 @@ class PlanMocks(pulumi_mocks.Mocks):
     def new_resource(self, args: pulumi_mocks.MockResourceArgs) -> tuple[str | None, dict]:
         state = dict(args.inputs)
         name = state.get("name", args.name)
-        if args.typ == "gcp:compute/address:Address" and name.endswith(API_ADDRESS_SUFFIX):
-            # The API load balancer's address: every kubeadm document and kubeconfig names it.
-            state["address"] = str(PLACEHOLDER_EXTERNAL_NET[PLACEHOLDER_API_HOST])
+        special = next(
+            (host for suffix, host in PLACEHOLDER_HOSTS_BY_SUFFIX.items() if name.endswith(suffix)), None
+        )
+        if args.typ == "gcp:compute/address:Address" and special is not None:
+            # The API load balancer's address is in every kubeadm document and kubeconfig.
+            state["address"] = str(PLACEHOLDER_EXTERNAL_NET[special])
+            if name.endswith(BASTION_SUFFIX + "-ip"):
+                self.node_by_address[state["address"]] = name.removesuffix("-ip")
         elif args.typ == "gcp:compute/address:Address":
             node = name.removesuffix("-ip")
             state["address"] = str(PLACEHOLDER_EXTERNAL_NET[placeholder_host(node, self.control_planes)])
@@ -194,7 +208,15 @@ class PlanMocks(pulumi_mocks.Mocks):
         elif args.typ == "gcp:compute/instance:Instance":
             nics = [dict(nic) for nic in state.get("networkInterfaces", [])]
             subnet = ipaddress.ip_network(self.config[f"{PROJECT}:subnetCidr"])
-            nics[0]["networkIp"] = str(subnet[placeholder_host(name, self.control_planes)])
+            # The bastion: the last address GCE gives out (the last two are reserved).
+            host = (
+                subnet.num_addresses - 3
+                if name.endswith(BASTION_SUFFIX)
+                else placeholder_host(name, self.control_planes)
+            )
+            nics[0]["networkIp"] = str(subnet[host])
+            # Private nodes are reached at this address (through the bastion).
+            self.node_by_address[nics[0]["networkIp"]] = name
             # The subnet's id is known only after deploy, which would hide the address in a preview.
             nics[0]["subnetwork"] = "placeholder-subnetwork"
             state["networkInterfaces"] = nics

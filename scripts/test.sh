@@ -9,9 +9,11 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # Debian's containerd loads the rendered 1.x config for real; zstd packs the test Kata release;
 # jq runs inside the verification scripts; graphviz draws the plan's graph; a real etcd cluster
 # (etcd-server, etcd-client) is what the control plane removal step is tested against; nftables
-# and iproute2 (nft, ip netns) run the metadata block between the test's network namespaces.
+# and iproute2 (nft, ip netns) run the metadata block between the test's network namespaces;
+# OpenSSH's server and client serve and check the pinned host keys and the users' ssh config.
 declare -A debian_packages=([containerd]=containerd [zstd]=zstd [jq]=jq [dot]=graphviz
-  [etcd]=etcd-server [etcdctl]=etcd-client [nft]=nftables [ip]=iproute2)
+  [etcd]=etcd-server [etcdctl]=etcd-client [nft]=nftables [ip]=iproute2
+  [sshd]=openssh-server [ssh]=openssh-client)
 missing=()
 for command_name in "${!debian_packages[@]}"; do
   command -v "$command_name" >/dev/null || missing+=("${debian_packages[$command_name]}")
@@ -43,6 +45,19 @@ if [[ ! -x $containerd2 ]] && command -v apt-get >/dev/null && command -v dpkg >
     echo "note: could not fetch Debian sid's containerd 2.x; its test is skipped" >&2
   fi
 fi
+# cloud-init's JSON schema checks the user-data that installs the host keys: Debian's package is
+# downloaded and unpacked (not installed; only its schema file is read).
+cloud_init_schema=.cache/cloud-init/usr/lib/python3/dist-packages/cloudinit/config/schemas/schema-cloud-config-v1.json
+if [[ ! -f $cloud_init_schema ]] && command -v apt-get >/dev/null && command -v dpkg >/dev/null; then
+  deb_dir=$(mktemp -d)
+  if (cd "$deb_dir" && apt-get download -qq cloud-init >/dev/null 2>&1); then
+    dpkg -x "$deb_dir"/cloud-init_*.deb .cache/cloud-init
+  else
+    echo "note: could not fetch Debian's cloud-init; the user-data schema test is skipped" >&2
+  fi
+  rm -rf "$deb_dir"
+fi
+
 if [[ -x $containerd2 ]]; then
   export KATA_MESH_CONTAINERD2=$PWD/$containerd2
 fi

@@ -32,6 +32,7 @@ from offline.engine import (
     as_manifest,
     command_args,
     config_string,
+    is_secret,
     plain_strings,
     project_defaults,
 )
@@ -50,11 +51,57 @@ __all__ = [
     "RecordingMonitor",
     "Registration",
     "as_manifest",
+    "assert_connects_to",
     "command_args",
     "config_string",
+    "is_secret",
+    "node_vms",
     "plain_strings",
     "project_defaults",
+    "unsecret_value",
 ]
+
+
+def node_vms(program: ProgramRun) -> list[Registration]:
+    """The cluster's node VMs: every instance but the bastion."""
+    return [
+        r
+        for r in program.of_type("gcp:compute/instance:Instance")
+        if unsecret_value(r.inputs.get("labels", {})).get("role") != "bastion"
+    ]
+
+
+def unsecret_value(value: Any) -> Any:
+    """A resource input as the provider gets it: the secret's value."""
+    return value["value"] if is_secret(value) else value
+
+
+def assert_connects_to(program: ProgramRun, connection: dict, node: str) -> None:
+    """An SSH step's connection goes to `node` and pins that node's own host key; a private node
+    is reached at its internal address through the bastion, whose host key is pinned too."""
+    nodes = program.output("nodes")
+    assert connection["hostKey"] == mock_ed25519_public_key(f"{node}-host-key"), node
+    external = nodes[node]["externalIp"]
+    if external is None:
+        assert connection["host"] == nodes[node]["internalIp"], node
+        proxy = connection["proxy"]
+        assert proxy["host"] == program.output("bastionExternalIp"), node
+        assert proxy["hostKey"] == mock_ed25519_public_key("bastion-host-key"), node
+        assert (proxy["user"], proxy["privateKey"]) == (connection["user"], connection["privateKey"])
+    else:
+        assert connection["host"] == external, node
+        assert "proxy" not in connection, node
+
+
+def mock_ed25519_public_key(name: str) -> str:
+    """A well-formed OpenSSH ED25519 public key of its own for each key resource (ssh-keygen reads
+    it; nobody holds its private half): the key type, then 32 bytes from the resource's name."""
+    blob = b"".join(
+        len(part).to_bytes(4, "big") + part
+        for part in (b"ssh-ed25519", hashlib.sha256(name.encode()).digest())
+    )
+    return f"ssh-ed25519 {base64.b64encode(blob).decode()}"
+
 
 # What each README user adds with `pulumi config set` before the first `pulumi up`.
 OPERATOR_CONFIG: dict[str, Any] = {
@@ -194,6 +241,9 @@ class KataMeshMocks(pulumi_mocks.Mocks):
         name = state.get("name", args.name)
         if args.typ == "gcp:compute/address:Address":
             state["address"] = _fake_ip("192.0.2", name)
+            state["selfLink"] = (
+                f"{COMPUTE_API}/projects/kata-mesh-test/regions/{state['region']}/addresses/{name}"
+            )
         elif args.typ == "gcp:compute/instance:Instance":
             nics = [dict(nic) for nic in state.get("networkInterfaces", [])]
             nics[0]["networkIp"] = _fake_ip("10.10.0", name)
@@ -218,7 +268,7 @@ class KataMeshMocks(pulumi_mocks.Mocks):
             state["privateKeyOpenssh"] = (
                 "-----BEGIN OPENSSH PRIVATE KEY-----\nmock\n-----END OPENSSH PRIVATE KEY-----\n"
             )
-            state["publicKeyOpenssh"] = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAmock\n"
+            state["publicKeyOpenssh"] = mock_ed25519_public_key(name) + "\n"
         return f"{name}-id", state
 
     @staticmethod

@@ -13,8 +13,10 @@ from harness import (
     STACKS,
     ProgramRun,
     Registration,
+    assert_connects_to,
     cached_run,
     command_args,
+    node_vms,
     plain_strings,
     run_program,
 )
@@ -54,7 +56,7 @@ def args_of_stdin(registration: Registration) -> dict[str, str]:
 
 
 def workers(program: ProgramRun) -> list[str]:
-    return sorted(r.inputs["name"] for r in program.of_type(INSTANCE) if "-worker-" in r.inputs["name"])
+    return sorted(r.inputs["name"] for r in node_vms(program) if "-worker-" in r.inputs["name"])
 
 
 @pytest.mark.parametrize("preview", [True, False], ids=["preview", "up"])
@@ -157,7 +159,7 @@ def test_everything_after_waits_until_every_node_is_ready(stack):
     assert program.one(RELEASE, "cluster-flannel").urn in ready.dependencies
     for worker in workers(program):
         assert command(program, f"{worker}-join").urn in ready.dependencies
-    control_planes = sorted(r.inputs["name"] for r in program.of_type(INSTANCE) if "-cp-" in r.inputs["name"])
+    control_planes = sorted(r.inputs["name"] for r in node_vms(program) if "-cp-" in r.inputs["name"])
     expected = " ".join([*control_planes, *workers(program)])
     assert args_of(ready.inputs["create"])["--node-names"] == expected
 
@@ -208,7 +210,7 @@ def test_removing_a_worker_drains_it_first_best_effort(stack):
         assert args_of(removal.inputs["delete"]) == {"--node-name": worker, "--timeout-seconds": "120"}
         assert "kubectl drain" in removal.inputs["stdin"]
         assert command(program, f"{worker}-join").urn in removal.dependencies
-        assert removal.inputs["connection"]["value"]["host"] == program.output("controlPlaneExternalIp")
+        assert_connects_to(program, removal.inputs["connection"]["value"], f"kata-mesh-{stack}-cp-0")
 
 
 @pytest.mark.parametrize("stack", STACKS)

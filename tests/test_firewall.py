@@ -16,6 +16,7 @@ FIREWALL = "gcp:compute/firewall:Firewall"
 MODES = [pytest.param(True, id="preview"), pytest.param(False, id="up")]
 NODE = "kata-mesh-node"
 CONTROL_PLANE = "kata-mesh-control-plane"
+BASTION = "kata-mesh-bastion"
 SSH_CIDRS = OPERATOR_CONFIG[f"{PROJECT}:sshAllowedCidrs"]
 API_CIDRS = OPERATOR_CONFIG[f"{PROJECT}:apiAllowedCidrs"]
 GATEWAY_CIDRS = OPERATOR_CONFIG[f"{PROJECT}:gatewayAllowedCidrs"]
@@ -72,8 +73,14 @@ def opened_ports(rule: dict, protocol: str) -> set[int]:
 def test_the_firewall_holds_exactly_the_node_rules_and_one_rule_per_outside_port(stack, preview):
     expected = {f"network-{rule}" for rule in INTERNAL_RULES} | API_ENDPOINT_RULES
     expected |= {"network-allow-ssh", "network-allow-api"}
+    private = stack_file(stack).get(f"{PROJECT}:privateNodes")
+    if private:
+        expected.add("network-allow-bastion-ssh")
     if stack_file(stack).get(f"{PROJECT}:ingressGateway"):
         expected.add("network-allow-gateway")
+        if private:
+            # The gateway's load balancer checks the NodePort from Google's ranges.
+            expected.add("gateway-allow-health-checks")
     rules = firewalls(stack, preview)
     assert set(rules) == expected
     for rule in rules.values():
@@ -85,7 +92,10 @@ def test_the_firewall_holds_exactly_the_node_rules_and_one_rule_per_outside_port
 @pytest.mark.parametrize("stack", STACKS)
 def test_nodes_let_each_other_in_on_exactly_the_ports_kubeadm_and_flannel_need(stack, preview):
     rules = firewalls(stack, preview)
-    internal = {name: rule for name, rule in rules.items() if "sourceTags" in rule}
+    # SSH from the bastion (private nodes) is checked with the other SSH rules.
+    internal = {
+        name: rule for name, rule in rules.items() if "sourceTags" in rule and name != "network-allow-ssh"
+    }
     assert set(internal) == {f"network-{rule}" for rule in INTERNAL_RULES}
     for rule, (allows, source, target) in INTERNAL_RULES.items():
         inputs = internal[f"network-{rule}"]
@@ -115,8 +125,17 @@ def test_ssh_and_the_api_are_open_to_their_own_ranges_only(stack, preview):
     rules = firewalls(stack, preview)
     ssh = rules["network-allow-ssh"]
     assert ssh["allows"] == [{"protocol": "tcp", "ports": ["22"]}]
-    assert ssh["sourceRanges"] == SSH_CIDRS
     assert ssh["targetTags"] == [NODE]
+    if stack_file(stack).get(f"{PROJECT}:privateNodes"):
+        # The nodes take SSH from the bastion only; sshAllowedCidrs reach the bastion only.
+        assert ssh["sourceTags"] == [BASTION]
+        assert "sourceRanges" not in ssh
+        ssh = rules["network-allow-bastion-ssh"]
+        assert ssh["allows"] == [{"protocol": "tcp", "ports": ["22"]}]
+        assert ssh["targetTags"] == [BASTION]
+    else:
+        assert "network-allow-bastion-ssh" not in rules
+    assert ssh["sourceRanges"] == SSH_CIDRS
     api = rules["network-allow-api"]
     assert api["allows"] == [{"protocol": "tcp", "ports": ["6443"]}]
     assert api["sourceRanges"] == API_CIDRS
@@ -148,6 +167,11 @@ def test_a_gateway_turned_on_anywhere_takes_its_own_ranges_and_port():
     gateway = next(r.inputs for r in program.of_type(FIREWALL) if r.name == "network-allow-gateway")
     assert gateway["allows"] == [{"protocol": "tcp", "ports": ["31000"]}]
     assert gateway["sourceRanges"] == ["192.0.2.64/26", "198.51.100.200/32"]
+    # Public nodes: the gateway's NodePort on cp-0's own address, no load balancer of its own.
+    assert program.output("httpbinUrl") == f"http://{program.output('controlPlaneExternalIp')}:31000/get"
+    assert not [
+        r for r in program.of_type("gcp:compute/address:Address") if r.inputs["name"].endswith("-gateway")
+    ]
 
 
 def test_without_the_gateway_its_ranges_open_nothing():

@@ -10,7 +10,16 @@ import re
 
 import pytest
 import yaml
-from harness import SECRET_SIG, ProgramRun, Registration, cached_run, command_args, plain_strings, run_program
+from harness import (
+    SECRET_SIG,
+    ProgramRun,
+    Registration,
+    cached_run,
+    command_args,
+    node_vms,
+    plain_strings,
+    run_program,
+)
 
 from offline.plan import Graph
 
@@ -70,25 +79,43 @@ def api_address(program: ProgramRun) -> str:
     return program.states[address.urn]["address"]
 
 
+def test_public_nodes_reach_the_api_load_balancer_from_their_own_addresses():
+    program = cached_run("dev")
+    rules = {r.inputs["name"]: r.inputs for r in program.of_type(FIREWALL)}
+    nodes = {
+        f"{program.states[r.urn]['address']}/32"
+        for r in program.of_type(ADDRESS)
+        if re.fullmatch(r"kata-mesh-dev-(cp|worker)-\d+-ip", r.inputs["name"])
+    }
+    assert len(nodes) == len(node_vms(program))
+    assert set(rules["kata-mesh-dev-allow-api-from-nodes"]["sourceRanges"]) == nodes
+    assert program.of_type("gcp:compute/routerNat:RouterNat") == []
+
+
+def api_only(program: ProgramRun, kind: str) -> list[Registration]:
+    """The API load balancer's resources of a kind (prod's gateway has a load balancer too)."""
+    return [r for r in program.of_type(kind) if r.inputs["name"] == "kata-mesh-prod-api"]
+
+
 def test_prod_runs_three_control_planes_in_three_distinct_zones_of_its_region():
     program = cached_run("prod")
     control_planes = {
-        r.inputs["name"]: r.inputs["zone"] for r in program.of_type(INSTANCE) if "-cp-" in r.inputs["name"]
+        r.inputs["name"]: r.inputs["zone"] for r in node_vms(program) if "-cp-" in r.inputs["name"]
     }
     assert control_planes == {
         "kata-mesh-prod-cp-0": "europe-west4-a",
         "kata-mesh-prod-cp-1": "europe-west4-b",
         "kata-mesh-prod-cp-2": "europe-west4-c",
     }
-    workers = [r.inputs["zone"] for r in program.of_type(INSTANCE) if "-worker-" in r.inputs["name"]]
+    workers = [r.inputs["zone"] for r in node_vms(program) if "-worker-" in r.inputs["name"]]
     assert sorted(workers) == ["europe-west4-a", "europe-west4-b", "europe-west4-c"]
 
 
 def test_the_load_balancer_chain_is_complete_and_points_at_every_zone():
     program = cached_run("prod")
-    [rule] = program.of_type(FORWARDING_RULE)
-    [service] = program.of_type(BACKEND_SERVICE)
-    [check] = program.of_type(HEALTH_CHECK)
+    [rule] = api_only(program, FORWARDING_RULE)
+    [service] = api_only(program, BACKEND_SERVICE)
+    [check] = api_only(program, HEALTH_CHECK)
     groups = program.of_type(GROUP)
     assert rule.inputs["loadBalancingScheme"] == "EXTERNAL"
     assert rule.inputs["ipProtocol"] == "TCP" and rule.inputs["ports"] == ["6443"]
@@ -106,7 +133,7 @@ def test_the_load_balancer_chain_is_complete_and_points_at_every_zone():
     assert {b["balancingMode"] for b in service.inputs["backends"]} == {"CONNECTION"}
     # Each control plane is a member of its own zone's group.
     group_by_name = {g.inputs["name"]: g.inputs["zone"] for g in groups}
-    instance_zone = {program.states[i.urn]["selfLink"]: i.inputs["zone"] for i in program.of_type(INSTANCE)}
+    instance_zone = {program.states[i.urn]["selfLink"]: i.inputs["zone"] for i in node_vms(program)}
     members = program.of_type(MEMBERSHIP)
     assert len(members) == 3
     for member in members:
@@ -117,14 +144,14 @@ def test_the_load_balancer_chain_is_complete_and_points_at_every_zone():
 def test_the_api_is_open_to_the_admins_the_nodes_and_googles_health_checks_only():
     program = cached_run("prod")
     rules = {r.inputs["name"]: r.inputs for r in program.of_type(FIREWALL)}
-    nodes = {
-        f"{program.states[r.urn]['address']}/32"
-        for r in program.of_type(ADDRESS)
-        if r.inputs["name"] != "kata-mesh-prod-api"
-    }
-    assert len(nodes) == 3 + 3
+    # prod's nodes are private: their calls to the load balancer's (external) address leave
+    # through Cloud NAT, from its one static address.
+    [nat_address] = [r for r in program.of_type(ADDRESS) if r.inputs["name"] == "kata-mesh-prod-nat"]
+    [nat] = program.of_type("gcp:compute/routerNat:RouterNat")
+    assert nat.inputs["natIpAllocateOption"] == "MANUAL_ONLY"
+    assert nat.inputs["natIps"] == [program.states[nat_address.urn]["selfLink"]]
     from_nodes = rules["kata-mesh-prod-allow-api-from-nodes"]
-    assert set(from_nodes["sourceRanges"]) == nodes
+    assert from_nodes["sourceRanges"] == [f"{program.states[nat_address.urn]['address']}/32"]
     assert set(rules["kata-mesh-prod-allow-api-health-checks"]["sourceRanges"]) == GOOGLE_PROBE_RANGES
     # Inside the VPC, the nodes by tag: pods reach the API servers through the kubernetes Service.
     internal = rules["kata-mesh-prod-allow-api-internal"]
@@ -307,9 +334,7 @@ def _cp_resources(program: ProgramRun) -> set[str]:
 def test_each_control_plane_count_declares_what_it_needs(count, zones):
     program = scaled(count)
     names = [f"kata-mesh-prod-cp-{i}" for i in range(count)]
-    instances = {
-        r.inputs["name"]: r.inputs["zone"] for r in program.of_type(INSTANCE) if "-cp-" in r.inputs["name"]
-    }
+    instances = {r.inputs["name"]: r.inputs["zone"] for r in node_vms(program) if "-cp-" in r.inputs["name"]}
     assert instances == {n: f"europe-west4-{z}" for n, z in zip(names, zones, strict=True)}
     members = {r.name for r in program.of_type(MEMBERSHIP)}
     assert members == {f"{n}-api-backend" for n in names}
@@ -321,7 +346,7 @@ def test_each_control_plane_count_declares_what_it_needs(count, zones):
         f"{n}-leave-on-removal" for n in names[1:]
     }
     # The load balancer exists whatever the count: growing changes no endpoint.
-    assert len(program.of_type(FORWARDING_RULE)) == 1
+    assert len(api_only(program, FORWARDING_RULE)) == 1
 
 
 def test_scaling_1_3_5_3_adds_and_removes_exactly_the_control_planes_concerned():

@@ -266,7 +266,13 @@ def test_prod_exposes_httpbin_through_a_nodeport_gateway_only_to_allowed_cidrs()
     assert route["spec"]["http"] == [
         {"route": [{"destination": {"host": "httpbin", "port": {"number": 8000}}}]}
     ]
-    assert program.output("httpbinUrl") == f"http://{program.output('controlPlaneExternalIp')}:30080/get"
+    # prod's nodes are private: the gateway's own load balancer carries the NodePort.
+    [address] = [
+        r
+        for r in program.of_type("gcp:compute/address:Address")
+        if r.inputs["name"] == "kata-mesh-prod-gateway"
+    ]
+    assert program.output("httpbinUrl") == f"http://{program.states[address.urn]['address']}:30080/get"
     firewall = program.one("gcp:compute/firewall:Firewall", "network-allow-gateway").inputs
     # The gateway's own sources (gatewayAllowedCidrs), not the API's.
     assert firewall["sourceRanges"] == OPERATOR_CONFIG[f"{PROJECT}:gatewayAllowedCidrs"]

@@ -21,6 +21,7 @@ from harness import (
     ROOT,
     STACKS,
     cached_run,
+    node_vms,
     require_charts,
     require_helm,
     require_tool,
@@ -77,7 +78,7 @@ def test_the_plan_writes_every_part_the_readme_names(stack):
     files = files_of(stack)
     for name in ("resources.md", "graph.dot", "kubernetes.yaml", "summary.txt"):
         assert name in files, name
-    instances = result.graph.program.of_type("gcp:compute/instance:Instance")
+    instances = node_vms(result.graph.program)
     for vm in instances:
         assert f"nodes/{vm.inputs['name']}/steps.md" in files
     for release in result.releases:
@@ -108,7 +109,7 @@ def test_no_secret_reaches_any_plan_file(stack):
         # The certificate key (the plan's stand-in for it) travels only on secret stdin.
         assert plan.PLACEHOLDER_RANDOM_HEX[:16] not in text, name
     steps = "\n".join(text for name, text in files_of(stack).items() if name.endswith("steps.md"))
-    if made(stack).graph.program.of_type("gcp:compute/instance:Instance")[1:]:
+    if node_vms(made(stack).graph.program)[1:]:
         assert "travel on stdin as a secret: [secret]" in steps  # the join carries its token there
 
 
@@ -268,7 +269,9 @@ def test_the_node_files_are_the_seeds_configs_with_placeholder_addresses():
 
 
 def test_each_node_runs_its_own_steps_and_the_control_plane_runs_the_clusters():
-    nodes = made("staging").nodes
+    nodes = dict(made("staging").nodes)
+    # Private nodes: the bastion every SSH step goes through only waits for its own boot.
+    assert [c.script for c in nodes.pop("kata-mesh-staging-bastion")] == ["00-wait-ready.sh"]
     assert set(nodes) == {
         "kata-mesh-staging-cp-0",
         "kata-mesh-staging-cp-1",

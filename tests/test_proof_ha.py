@@ -31,8 +31,10 @@ from harness import (
     PROJECT,
     SAMPLES,
     STACKS,
+    assert_connects_to,
     cached_run,
     command_args,
+    node_vms,
     require_tool,
     run_program,
     sample_evidence,
@@ -347,12 +349,30 @@ CRICTL_REPLAY = (
     'cat "$state/$kind.err" >&2 2>/dev/null\n'
     'exit "$(cat "$state/$kind.exit")"\n'
 )
+# kubectl on that control plane: with admin.conf, only what km_service_account_kubeconfig asks (the
+# cluster's entry, and a token for the proof's ServiceAccount, refused as kubectl words it while
+# the API server is down); every other call must come with the kubeconfig holding that token.
+PROOF_TOKEN = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJrYXRhLW1lc2gtcHJvb2YifQ.c3RhbmQtaW4"
+API_DOWN = "The connection to the server 10.10.0.2:6443 was refused - did you specify the right host or port?"
+TOKEN_REFUSED = (
+    'error: failed to create token: Post "https://10.10.0.2:6443/api/v1/namespaces/kube-system/'
+    'serviceaccounts/kata-mesh-proof/token": dial tcp 10.10.0.2:6443: connect: connection refused'
+)
 KUBECTL_NODES = (
-    '[[ $KUBECONFIG == /etc/kubernetes/admin.conf ]] || { echo "kubectl stand-in: no KUBECONFIG" >&2; exit 1; }\n'
+    'if [[ "${1:-} ${2:-}" == "--kubeconfig /etc/kubernetes/admin.conf" ]]; then\n'
+    '  case "$*" in\n'
+    "    *\" config view --minify --raw -o jsonpath=\"*) printf 'https://10.10.0.2:6443\\nQ0EK'; exit 0 ;;\n"
+    '    *" -n kube-system create token kata-mesh-proof --duration="*)\n'
+    f"      [[ -f $state/api-down ]] && {{ echo '{TOKEN_REFUSED}' >&2; exit 1; }}\n"
+    f"      echo {PROOF_TOKEN}; exit 0 ;;\n"
+    "  esac\n"
+    '  echo "kubectl stand-in: unexpected call with admin.conf: kubectl $*" >&2; exit 1\n'
+    "fi\n"
+    f'grep -qF \'"token": "{PROOF_TOKEN}"\' "${{KUBECONFIG:-/nonexistent}}" ||\n'
+    '  { echo "kubectl stand-in: not run with the proof\'s kubeconfig" >&2; exit 1; }\n'
     'case "$*" in\n'
     '  "get nodes -l node-role.kubernetes.io/control-plane -o json")\n'
-    "    [[ -f $state/api-down ]] && { echo 'The connection to the server 10.10.0.2:6443 was refused "
-    "- did you specify the right host or port?' >&2; exit 1; }\n"
+    f"    [[ -f $state/api-down ]] && {{ echo '{API_DOWN}' >&2; exit 1; }}\n"
     '    cat "$state/nodes.json" ;;\n'
     '  *) echo "kubectl stand-in: unexpected call: kubectl $*" >&2; exit 1 ;;\n'
     "esac\n"
@@ -459,11 +479,9 @@ def test_the_ha_facts_script_reports_a_down_api_server_and_a_missing_etcd_instea
     )
     assert result.returncode == 0, result.stderr
     facts = json.loads(result.stdout)
-    assert facts["nodes"] == {
-        "items": [],
-        "error": "kubectl get nodes: The connection to the server 10.10.0.2:6443 was refused - did you "
-        "specify the right host or port?",
-    }
+    # The proof's token cannot be minted either: asked again at each attempt, its error recorded.
+    assert facts["nodes"] == {"items": [], "error": f"kubectl create token: {TOKEN_REFUSED}"}
+    assert len([c for c in result.calls if " create token " in c]) == 2
     missing = "[kata-mesh] ERROR: no running etcd container on this node (is it a control plane?)"
     assert facts["members"]["error"] == f"etcdctl member list: {missing}"
     assert facts["health"]["error"] == f"etcdctl endpoint health: {missing}"
@@ -474,14 +492,16 @@ def test_the_ha_facts_script_reports_a_down_api_server_and_a_missing_etcd_instea
 
 
 def test_the_ha_facts_script_refuses_bad_arguments(node):
-    step = dataclasses.replace(
-        ha_facts_step(CP3), args=(("control-planes", " ".join(CP3)), ("attempts", "0"))
-    )
+    step = ha_facts_step(CP3)
+    step = dataclasses.replace(step, args=(*step.args[:-1], ("attempts", "0")))
     result = node.run(step)
     assert result.returncode == 1
     assert "--attempts must be a positive number, got: 0" in result.stderr
     result = node.run(NodeStep("ha-facts", "94-ha-facts.sh", (("attempts", "2"),)))
-    assert "missing required argument(s): --control-planes" in result.stderr
+    assert (
+        "missing required argument(s): --control-planes --proof-service-account "
+        "--proof-service-account-namespace" in result.stderr
+    )
 
 
 # --- 93-api-probe.sh against a real HTTPS server -------------------------------------------------
@@ -678,7 +698,7 @@ def test_the_probe_refuses_a_load_balancer_flag_that_is_not_true_or_false(node):
 
 def nodes_of(program, role: str) -> list[str]:
     """The stack's nodes of a role by index (instances register in no particular order)."""
-    names = [r.inputs["name"] for r in program.of_type(INSTANCE) if f"-{role}-" in r.inputs["name"]]
+    names = [r.inputs["name"] for r in node_vms(program) if f"-{role}-" in r.inputs["name"]]
     return sorted(names, key=lambda name: int(name.rsplit("-", 1)[1]))
 
 
@@ -716,16 +736,15 @@ def test_a_stack_with_three_control_planes_proves_ha_after_the_mesh_facts_and_be
         gate = program.one(COMMAND, "proof-verdict")
         ha = program.one(COMMAND, "proof-ha-facts")
         probe = program.one(COMMAND, f"{probe_node}-api-probe")
-        addresses = program.output("nodes")
         # A control plane's VM replaced (same name, new instance) gathers again too.
         instance_ids = {
             r.inputs["name"]: program.states[r.urn]["instanceId"]
-            for r in program.of_type(INSTANCE)
+            for r in node_vms(program)
             if r.inputs["name"] in names
         }
         assert len(instance_ids) == len(names)
-        assert ha.inputs["connection"]["value"]["host"] == addresses[names[0]]["externalIp"]
-        assert probe.inputs["connection"]["value"]["host"] == addresses[probe_node]["externalIp"]
+        assert_connects_to(program, ha.inputs["connection"]["value"], names[0])
+        assert_connects_to(program, probe.inputs["connection"]["value"], probe_node)
         for step in (ha, probe):
             assert facts.urn in step.dependencies
             assert step.urn in gate.dependencies
@@ -733,6 +752,8 @@ def test_a_stack_with_three_control_planes_proves_ha_after_the_mesh_facts_and_be
             assert set(instance_ids.values()) <= set(step.inputs["triggers"])
         assert command_args(ha.inputs["create"]) == {
             "--control-planes": " ".join(names),
+            "--proof-service-account": "kata-mesh-proof",
+            "--proof-service-account-namespace": "kube-system",
             "--attempts": str(HA_FACTS_ATTEMPTS),
         }
         probed = command_args(probe.inputs["create"])

@@ -12,7 +12,9 @@ from harness import (
     STACKS,
     ProgramRun,
     Registration,
+    assert_connects_to,
     cached_run,
+    node_vms,
     run_program,
     stack_config,
 )
@@ -32,7 +34,7 @@ run = cached_run
 
 def steps_by_node(program: ProgramRun) -> dict[str, list[Registration]]:
     nodes: dict[str, list[Registration]] = {}
-    for vm in program.of_type(INSTANCE):
+    for vm in node_vms(program):
         name = vm.inputs["name"]
         commands = {r.name: r for r in program.of_type(COMMAND) if r.name.startswith(f"{name}-provision-")}
         nodes[name] = [commands[f"{name}-provision-{step}"] for step in STEP_ORDER]
@@ -70,7 +72,6 @@ def test_no_node_waits_for_another_nodes_resources(stack):
 @pytest.mark.parametrize("stack", STACKS)
 def test_steps_run_their_script_over_ssh_with_explicit_arguments(stack):
     program = run(stack, False)
-    outputs = program.output("nodes")
     expected = {s.name: s for s in node_steps_for(stack)}
     for name, steps in steps_by_node(program).items():
         for registered, step_name in zip(steps, STEP_ORDER, strict=True):
@@ -85,7 +86,7 @@ def test_steps_run_their_script_over_ssh_with_explicit_arguments(stack):
             # The connection carries the private key, so the whole of it travels as a secret.
             assert registered.raw_inputs["connection"][SECRET_SIG]
             connection = inputs["connection"]["value"]
-            assert connection["host"] == outputs[name]["externalIp"]
+            assert_connects_to(program, connection, name)
             assert connection["user"] == "kata-admin"
             assert connection["privateKey"].startswith("-----BEGIN OPENSSH PRIVATE KEY-----")
             assert connection["dialErrorLimit"] == (-1 if step_name == "wait-ready" else 10)
@@ -192,7 +193,7 @@ def test_a_new_pod_cidr_reruns_only_the_metadata_block_and_replaces_no_vm():
     for urn in before:
         if urn.endswith("-provision-metadata-block"):
             assert "--pod-cidr 10.200.0.0/16 " in after[urn]["create"]
-    vms = [r.urn for r in current.of_type(INSTANCE)]
+    vms = [r.urn for r in node_vms(current)]
     assert vms and all(before[urn] == after[urn] for urn in vms)
 
 

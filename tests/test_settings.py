@@ -902,3 +902,40 @@ def test_a_runc_twin_needs_room_for_its_namespace_beside_the_app():
         parse_settings(raw(appNamespace=longest + "b", runcTwin="true"), "dev")
     assert "at most 58 characters" in str(caught.value) and "appNamespace" in str(caught.value)
     assert parse_settings(raw(appNamespace=longest + "b", runcTwin="false"), "dev").runc_twin is False
+
+
+def test_private_nodes_are_off_by_default_and_on_in_staging_and_prod():
+    assert parse_settings(raw(), "dev").private_nodes is False
+    for stack in ("staging", "prod"):
+        settings = parse_settings(stack_raw(stack), stack)
+        assert settings.private_nodes is True
+        assert settings.bastion_machine_type == "e2-small"
+
+
+def test_private_nodes_without_ssh_ranges_are_told_the_ranges_reach_the_bastion():
+    found = problem_list(privateNodes="true", sshAllowedCidrs="[]")
+    [ssh] = [p for p in found if p.key == "sshAllowedCidrs"]
+    assert "SSH (22) on the bastion, the only way to the private nodes" in ssh.fix
+    assert "SSH (22) on every node" in problems(sshAllowedCidrs="[]")["sshAllowedCidrs"]
+
+
+def test_a_world_open_bastion_range_is_refused_like_any_other():
+    found = problems(privateNodes="true", sshAllowedCidrs='["0.0.0.0/0"]')
+    assert "allowWorldAccess true" in found["sshAllowedCidrs"]
+
+
+@pytest.mark.parametrize(
+    "machine_type", ["e2-micro", "e2-small", "e2-medium", "n2-standard-2", "e2-custom-2-4096"]
+)
+def test_the_bastion_takes_any_gce_machine_type_nested_virtualization_or_not(machine_type):
+    assert parse_settings(
+        raw(privateNodes="true", bastionMachineType=machine_type), "dev"
+    ).bastion_machine_type == (machine_type)
+
+
+def test_a_bad_bastion_machine_type_is_reported_with_the_other_problems_only_when_private():
+    found = problems(privateNodes="true", bastionMachineType="small", workerCount="-1")
+    assert set(found) == {"bastionMachineType", "workerCount"}
+    assert "e2-small" in found["bastionMachineType"]
+    # Without private nodes there is no bastion to build.
+    assert parse_settings(raw(bastionMachineType="small"), "dev").private_nodes is False

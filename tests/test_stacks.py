@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ipaddress
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -16,6 +18,9 @@ from harness import (
     ProgramRun,
     RecordingMonitor,
     cached_run,
+    is_secret,
+    mock_ed25519_public_key,
+    node_vms,
     plain_strings,
     run_program,
 )
@@ -51,7 +56,7 @@ def test_there_is_a_stack_per_environment():
 @pytest.mark.parametrize("preview", MODES)
 @pytest.mark.parametrize("stack", STACKS)
 def test_every_vm_is_an_intel_ubuntu_vm_with_nested_virtualization(stack, preview):
-    instances = run(stack, preview).of_type(INSTANCE)
+    instances = node_vms(run(stack, preview))
     assert len(instances) == expected_control_planes(stack) + expected_workers(stack)
     for vm in instances:
         inputs = vm.inputs
@@ -74,6 +79,15 @@ def test_private_key_is_only_ever_a_secret_output(stack, preview):
         assert program.output("sshPrivateKey").startswith("-----BEGIN OPENSSH PRIVATE KEY-----")
     key = program.one("tls:index/privateKey:PrivateKey", "ssh-key")
     assert key.inputs["algorithm"] == "ED25519"
+
+
+def unsecret(value: Any) -> Any:
+    """A resource input as the provider gets it: the secret's value."""
+    return value["value"] if is_secret(value) else value
+
+
+def is_private(stack: str) -> bool:
+    return bool(stack_file(stack).get(f"{PROJECT}:privateNodes"))
 
 
 def assert_no_plain_private_key(program: ProgramRun) -> None:
@@ -105,14 +119,14 @@ def test_the_stack_declares_network_subnet_key_and_vms(stack):
     assert subnet.inputs["ipCidrRange"] == settings.get(f"{PROJECT}:subnetCidr", "10.10.0.0/24")
     assert subnet.inputs["region"] == settings["gcp:region"]
     assert vpc.urn in subnet.dependencies
-    names = sorted(r.inputs["name"] for r in program.of_type(INSTANCE))
+    names = sorted(r.inputs["name"] for r in node_vms(program))
     workers = [f"kata-mesh-{stack}-worker-{i}" for i in range(expected_workers(stack))]
     control_planes = [f"kata-mesh-{stack}-cp-{i}" for i in range(expected_control_planes(stack))]
     assert names == sorted([*control_planes, *workers])
 
 
 def test_dev_is_one_control_plane_and_one_worker_on_spot_vms():
-    instances = run("dev", False).of_type(INSTANCE)
+    instances = node_vms(run("dev", False))
     assert len(instances) == 2
     for vm in instances:
         assert vm.inputs["scheduling"] == {
@@ -126,7 +140,7 @@ def test_dev_is_one_control_plane_and_one_worker_on_spot_vms():
 
 @pytest.mark.parametrize("stack", ["staging", "prod"])
 def test_staging_and_prod_are_on_demand_with_more_workers(stack):
-    instances = run(stack, False).of_type(INSTANCE)
+    instances = node_vms(run(stack, False))
     assert len(instances) > 2
     for vm in instances:
         assert vm.inputs["scheduling"]["provisioningModel"] == "STANDARD"
@@ -139,15 +153,19 @@ def test_vms_get_the_stack_key_own_service_account_tags_labels_and_static_ip(sta
     account = program.one("gcp:serviceaccount/account:Account", "nodes-sa")
     assert account.inputs["accountId"] == f"km-{stack}-nodes"
     outputs = program.output("nodes")
-    for vm in program.of_type(INSTANCE):
+    for vm in node_vms(program):
         inputs = vm.inputs
         name = inputs["name"]
         role = "control-plane" if "-cp-" in name else "worker"
-        assert inputs["metadata"] == {
-            "ssh-keys": "kata-admin:ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAmock kata-admin",
+        # Secret as a whole: user-data holds the host's private key.
+        assert is_secret(inputs["metadata"])
+        metadata = unsecret(inputs["metadata"])
+        assert {key: value for key, value in metadata.items() if key != "user-data"} == {
+            "ssh-keys": f"kata-admin:{mock_ed25519_public_key('ssh-key')} kata-admin",
             "block-project-ssh-keys": "true",
             "enable-oslogin": "false",
         }
+        assert metadata["user-data"].startswith("#cloud-config\n")
         assert inputs["serviceAccount"]["email"] == f"km-{stack}-nodes@kata-mesh-test.iam.gserviceaccount.com"
         assert "https://www.googleapis.com/auth/cloud-platform" not in inputs["serviceAccount"]["scopes"]
         assert inputs["labels"] == {"app": "kata-mesh", "stack": stack, "role": role}
@@ -160,23 +178,36 @@ def test_vms_get_the_stack_key_own_service_account_tags_labels_and_static_ip(sta
             "enableVtpm": True,
             "enableIntegrityMonitoring": True,
         }
-        address = program.one("gcp:compute/address:Address", f"{name}-ip")
-        assert address.inputs["addressType"] == "EXTERNAL"
-        assert address.urn in vm.dependencies
         nic = inputs["networkInterfaces"][0]
-        assert outputs[name]["externalIp"] == nic["accessConfigs"][0]["natIp"]
+        addresses = [
+            r for r in program.of_type("gcp:compute/address:Address") if r.inputs["name"] == f"{name}-ip"
+        ]
+        if is_private(stack):
+            assert "accessConfigs" not in nic, name
+            assert addresses == []
+            assert outputs[name]["externalIp"] is None
+        else:
+            [address] = addresses
+            assert address.inputs["addressType"] == "EXTERNAL"
+            assert address.urn in vm.dependencies
+            assert outputs[name]["externalIp"] == nic["accessConfigs"][0]["natIp"]
+        # The mock's addresses for every subnet.
         assert outputs[name]["internalIp"].startswith("10.10.0.")
 
 
 @pytest.mark.parametrize("stack", STACKS)
-def test_outputs_give_the_control_plane_ip_and_a_ready_ssh_command(stack):
+def test_outputs_give_the_entry_address_and_a_ready_ssh_command(stack):
     program = run(stack, False)
-    ip = program.output("controlPlaneExternalIp")
-    assert ip == program.output("nodes")[f"kata-mesh-{stack}-cp-0"]["externalIp"]
-    ssh_command = program.output("sshCommand")
-    assert ssh_command.endswith(f" && ssh -i ~/.ssh/kata-mesh-{stack} kata-admin@{ip}")
+    cp0 = f"kata-mesh-{stack}-cp-0"
+    entry = "bastionExternalIp" if is_private(stack) else "controlPlaneExternalIp"
+    assert not ({"bastionExternalIp", "controlPlaneExternalIp"} - {entry}) & set(program.raw_stack_outputs)
+    ip = program.output(entry)
+    ipaddress.ip_address(ip)
+    if not is_private(stack):
+        assert ip == program.output("nodes")[cp0]["externalIp"]
+    assert program.output("sshCommand").endswith(f" && ssh -F ~/.ssh/kata-mesh-{stack}.config {cp0}")
     preview = run(stack, True)
-    assert preview.output("controlPlaneExternalIp") == UNKNOWN
+    assert preview.output(entry) == UNKNOWN
 
 
 @pytest.mark.parametrize("preview", MODES)
@@ -194,13 +225,15 @@ def test_every_resource_is_parented_by_a_component(preview):
 def test_a_user_supplied_key_is_used_instead_of_a_generated_one_and_stays_secret():
     key = "-----BEGIN OPENSSH PRIVATE KEY-----\nuserkey\n-----END OPENSSH PRIVATE KEY-----\n"
     program = run_program("dev", preview=False, overrides={f"{PROJECT}:sshPrivateKey": key})
-    assert program.of_type("tls:index/privateKey:PrivateKey") == []
+    # The only keys made are the machines' host keys.
+    assert all(r.name.endswith("-host-key") for r in program.of_type("tls:index/privateKey:PrivateKey"))
     assert program.is_secret_output("sshPrivateKey")
     assert_no_plain_private_key(program)
     assert program.output("sshPrivateKey") == key
-    vm = program.of_type(INSTANCE)[0]
+    vm = node_vms(program)[0]
     assert (
-        vm.inputs["metadata"]["ssh-keys"] == "kata-admin:ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAuser kata-admin"
+        unsecret(vm.inputs["metadata"])["ssh-keys"]
+        == "kata-admin:ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAuser kata-admin"
     )
 
 
@@ -251,10 +284,15 @@ def test_the_ssh_command_writes_the_key_readable_by_its_owner_only(tmp_path):
     key_file.write_text("old")
     key_file.chmod(0o644)
     result = run_pasted(program.output("sshCommand"), tmp_path, tmp_path)
-    assert key_file.stat().st_mode & 0o777 == 0o600
-    assert "mode while written: 600" in key_file.read_text()
-    assert "sshPrivateKey --show-secrets --stack dev" in key_file.read_text()
-    assert f"ssh -i {key_file} kata-admin@{program.output('controlPlaneExternalIp')}" in result.stderr
+    for path, output in (
+        (key_file, "sshPrivateKey"),
+        (tmp_path / ".ssh" / "kata-mesh-dev.known_hosts", "sshKnownHosts"),
+        (tmp_path / ".ssh" / "kata-mesh-dev.config", "sshConfig"),
+    ):
+        assert path.stat().st_mode & 0o777 == 0o600, path
+        assert "mode while written: 600" in path.read_text()
+        assert f"{output} --show-secrets --stack dev" in path.read_text()
+    assert f"ssh -F {tmp_path}/.ssh/kata-mesh-dev.config kata-mesh-dev-cp-0" in result.stderr
 
 
 def test_the_readmes_kubeconfig_command_writes_it_readable_by_its_owner_only(tmp_path):
@@ -292,3 +330,33 @@ def test_prod_s_stack_file_alone_refuses_the_gateway_without_its_ranges():
         run_program("prod", preview=True, overrides={f"{PROJECT}:gatewayAllowedCidrs": []}, monitor=monitor)
     assert [p.key for p in caught.value.problems] == ["gatewayAllowedCidrs"]
     assert [r.type for r in monitor.registrations] == ["pulumi:pulumi:Stack"]
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_private_stacks_have_a_small_bastion_a_cloud_router_and_nat_and_public_ones_none(stack):
+    program = run(stack, False)
+    bastions = [r for r in program.of_type(INSTANCE) if r.inputs["name"] == f"kata-mesh-{stack}-bastion"]
+    routers = program.of_type("gcp:compute/router:Router")
+    nats = program.of_type("gcp:compute/routerNat:RouterNat")
+    if not is_private(stack):
+        assert (bastions, routers, nats) == ([], [], [])
+        return
+    [bastion] = bastions
+    inputs = bastion.inputs
+    assert inputs["tags"] == ["kata-mesh-bastion"]
+    assert inputs["machineType"] == "e2-small"
+    assert "advancedMachineFeatures" not in inputs
+    # No service account: no Google API token on the one machine the internet can reach.
+    assert "serviceAccount" not in inputs
+    assert inputs["networkInterfaces"][0]["accessConfigs"][0]["natIp"] == program.output("bastionExternalIp")
+    [router] = routers
+    [nat] = nats
+    network = program.one("gcp:compute/network:Network", "network-vpc")
+    # The mock engine's ids are "<name>-id".
+    assert router.inputs["network"] == f"{network.inputs['name']}-id"
+    assert nat.inputs["router"] == router.inputs["name"]
+    subnet = program.one("gcp:compute/subnetwork:Subnetwork", "network-subnet")
+    assert nat.inputs["sourceSubnetworkIpRangesToNat"] == "LIST_OF_SUBNETWORKS"
+    assert nat.inputs["subnetworks"] == [
+        {"name": f"{subnet.inputs['name']}-id", "sourceIpRangesToNats": ["ALL_IP_RANGES"]}
+    ]

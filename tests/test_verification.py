@@ -15,7 +15,9 @@ from harness import (
     PROJECT,
     SAMPLES,
     STACKS,
+    assert_connects_to,
     command_args,
+    node_vms,
     require_tool,
     run_program,
     sample,
@@ -242,6 +244,21 @@ PLAINTEXT_CLIENT_JSON = (
 )
 
 
+# The token kubectl mints with admin.conf for the proof's ServiceAccount (a JWT's alphabet).
+PROOF_TOKEN = "eyJhbGciOiJSUzI1NiIsImtpZCI6InN0YW5kLWluIn0.eyJzdWIiOiJrYXRhLW1lc2gtcHJvb2YifQ.c3RhbmQtaW4"
+# The first lines of every kubectl stand-in of 96-mesh-facts.sh: with admin.conf, only what
+# km_service_account_kubeconfig asks (the cluster's entry, a token for kube-system/kata-mesh-proof);
+# every other call must come with the kubeconfig holding that token.
+PROOF_KUBECONFIG_GUARD = f"""if [[ "${{1:-}} ${{2:-}}" == "--kubeconfig /etc/kubernetes/admin.conf" ]]; then
+  [[ $* == *" config view --minify --raw -o jsonpath="* ]] && {{ printf 'https://10.10.0.2:6443\\nQ0EK'; exit 0; }}
+  [[ $* == *" -n kube-system create token kata-mesh-proof --duration="* ]] && {{ echo {PROOF_TOKEN}; exit 0; }}
+  echo "kubectl stand-in: unexpected call with admin.conf: kubectl $*" >&2; exit 1
+fi
+grep -qF '"token": "{PROOF_TOKEN}"' "${{KUBECONFIG:-/nonexistent}}" 2>/dev/null ||
+  {{ echo "kubectl stand-in: not run with the proof's kubeconfig: kubectl $*" >&2; exit 1; }}
+"""
+
+
 def fake_kubectl(
     curl_sample: str,
     runc: str = "kubectl-run-runc-probe-denied.txt",
@@ -254,7 +271,7 @@ def fake_kubectl(
     probe's shell printed in the mesh client (the metadata server) and the plaintext client."""
     runc_exit = 0 if "admitted" in runc else 1
     return f"""echo "$*" >>"$KUBECTL_LOG"
-namespace_pods() {{ jq --arg ns "$1" '.items |= map(select(.metadata.namespace == $ns))' "$SAMPLES/kubectl-get-pods.json"; }}
+{PROOF_KUBECONFIG_GUARD}namespace_pods() {{ jq --arg ns "$1" '.items |= map(select(.metadata.namespace == $ns))' "$SAMPLES/kubectl-get-pods.json"; }}
 case "$*" in
   *"rollout status"* | *"delete pod mesh-client"* | *"run mesh-client"*) ;;
   *"wait --for=condition=Ready pod/mesh-client"*) ;;
@@ -287,6 +304,8 @@ FACTS_ARGS = (
     ("metadata-url", "http://169.254.169.254/computeMetadata/v1/instance/service-accounts/default/token"),
     ("metadata-host", "metadata.google.internal"),
     ("outside-namespace", "default"),
+    ("proof-service-account", "kata-mesh-proof"),
+    ("proof-service-account-namespace", "kube-system"),
 )
 WITH_TWIN = tuple(
     (key, "httpbin/httpbin httpbin-runc/httpbin-runc" if key == "apps" else value)
@@ -418,7 +437,7 @@ def test_a_failed_request_fails_the_facts_step_itself_so_a_retry_gathers_again(t
 
 
 def fake_kubectl_failing(case: str) -> str:
-    return f"""case "$*" in
+    return f"""{PROOF_KUBECONFIG_GUARD}case "$*" in
   *"rollout status"*) {"exit 1" if case == "rollout" else ":"} ;;
   *"delete pod mesh-client"* | *"run mesh-client"*) ;;
   *"wait --for=condition=Ready pod/mesh-client"*) {"exit 1" if case == "client" else ":"} ;;
@@ -500,12 +519,12 @@ def test_every_stack_ends_with_the_proof_after_the_app(stack):
     deployment = program.one("kubernetes:apps/v1:Deployment", "httpbin-deployment")
     assert deployment.urn in facts.dependencies
     gate = program.one(COMMAND, "proof-verdict")
-    nodes = [r.inputs["name"] for r in program.of_type("gcp:compute/instance:Instance")]
+    nodes = [r.inputs["name"] for r in node_vms(program)]
     for node in nodes:
         evidence = program.one(COMMAND, f"{node}-kata-evidence")
         assert facts.urn in evidence.dependencies
         assert evidence.urn in gate.dependencies
-        assert evidence.inputs["connection"]["value"]["host"] == program.output("nodes")[node]["externalIp"]
+        assert_connects_to(program, evidence.inputs["connection"]["value"], node)
     args = command_args(gate.inputs["create"])
     assert args["--passed"] == "true"
     assert json.loads(base64.b64decode(args["--report-b64"])) == program.output("verification")
@@ -520,7 +539,7 @@ def test_the_proof_looks_for_each_app_in_its_namespace_and_runs_its_client_in_ka
     assert facts["--namespace"] == "httpbin"
     assert facts["--apps"] == "httpbin/httpbin" + (" httpbin-runc/httpbin-runc" if twin else "")
     assert facts["--client-runtime-class"] == "kata-runtime"
-    for vm in program.of_type("gcp:compute/instance:Instance"):
+    for vm in node_vms(program):
         evidence = command_args(program.one(COMMAND, f"{vm.inputs['name']}-kata-evidence").inputs["create"])
         assert evidence["--namespaces"] == "httpbin" + (" httpbin-runc" if twin else "")
     report = program.output("verification")

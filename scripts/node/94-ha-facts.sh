@@ -6,6 +6,10 @@
 # that fails is recorded in the document with its error, so the verdict can say what is wrong.
 # Until everything looks settled (a control plane that just joined may still be coming up), it
 # gathers again, --attempts times at most, 10 seconds apart.
+# kubectl runs as the proof's ServiceAccount (--proof-service-account in
+# --proof-service-account-namespace, allowed to list Nodes; components/proof_access.py), through a
+# kubeconfig with a short-lived token in a private folder removed at the end; admin.conf only mints
+# that token.
 set -euo pipefail
 if ! declare -F km_parse_args >/dev/null; then
   # shellcheck source=lib.sh
@@ -13,15 +17,26 @@ if ! declare -F km_parse_args >/dev/null; then
 fi
 
 arg_control_planes=""
+arg_proof_service_account=""
+arg_proof_service_account_namespace=""
 arg_attempts=""
 km_parse_args "$@"
-km_require_args control_planes attempts
+km_require_args control_planes proof_service_account proof_service_account_namespace attempts
 [[ $arg_attempts =~ ^[1-9][0-9]*$ ]] || km_die "--attempts must be a positive number, got: $arg_attempts"
 read -r -a control_planes <<<"$arg_control_planes"
-export KUBECONFIG=/etc/kubernetes/admin.conf
 
+# A private folder (mktemp -d: 0700) for the documents and the kubeconfig, removed at the end.
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
+export KUBECONFIG=$work/proof.kubeconfig
+
+# The kubeconfig, minted at the first attempt whose API server answers (a token valid for every
+# attempt, a minute at most each, and ten minutes more): one that does not answer is recorded as
+# the Nodes' error, while etcd is still asked. In a subshell, so that its failure ends nothing.
+have_kubeconfig() {
+  [[ -s $KUBECONFIG ]] || (km_service_account_kubeconfig "$arg_proof_service_account" \
+    "$arg_proof_service_account_namespace" $((arg_attempts * 60 + 600)) "$KUBECONFIG")
+}
 
 # What a failed command said: etcdctl's own "Error: ..." line (it logs warnings as JSON before
 # it), else the last line of its stderr.
@@ -38,6 +53,11 @@ is_json() { [[ -s $1 ]] && jq -e "$2" "$1" >/dev/null 2>&1; }
 # Each part as {items: [...], error: null or "what failed"}.
 gather_nodes() {
   local code=0
+  if ! have_kubeconfig 2>"$work/nodes.err"; then
+    jq -n --arg error "kubectl create token: $(error_of "$work/nodes.err" 1)" \
+      '{items: [], error: $error}' >"$work/nodes.json"
+    return 0
+  fi
   kubectl get nodes -l node-role.kubernetes.io/control-plane -o json >"$work/nodes.raw" 2>"$work/nodes.err" || code=$?
   if ((code == 0)) && is_json "$work/nodes.raw" '.items | type == "array"'; then
     jq '{items: [.items[] | {name: .metadata.name}

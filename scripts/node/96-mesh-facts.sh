@@ -8,6 +8,10 @@
 # Each app is given as <namespace>/<deployment>: the Kata app lives in its sandbox namespace, the
 # runc twin in a namespace of its own (the sandbox's admission policy refuses runc pods).
 # Every pod made here is deleted when the script ends, whether it succeeded or not.
+# Every kubectl call runs as the proof's ServiceAccount (--proof-service-account in
+# --proof-service-account-namespace; components/proof_access.py grants it what these calls need),
+# through a kubeconfig with a short-lived token in a private folder removed at the end; admin.conf
+# only mints that token.
 set -euo pipefail
 if ! declare -F km_parse_args >/dev/null; then
   # shellcheck source=lib.sh
@@ -23,11 +27,13 @@ arg_timeout_seconds=""
 arg_metadata_url=""
 arg_metadata_host=""
 arg_outside_namespace=""
+arg_proof_service_account=""
+arg_proof_service_account_namespace=""
 km_parse_args "$@"
 km_require_args namespace apps client_image client_runtime_class url timeout_seconds \
-  metadata_url metadata_host outside_namespace
+  metadata_url metadata_host outside_namespace proof_service_account proof_service_account_namespace
+[[ $arg_timeout_seconds =~ ^[1-9][0-9]*$ ]] || km_die "--timeout-seconds must be a positive number, got: $arg_timeout_seconds"
 read -r -a apps <<<"$arg_apps"
-export KUBECONFIG=/etc/kubernetes/admin.conf
 ns=$arg_namespace
 timeout=${arg_timeout_seconds}s
 
@@ -38,18 +44,24 @@ for entry in "${apps[@]}"; do
   [[ " ${namespaces[*]} " == *" ${entry%/*} "* ]] || namespaces+=("${entry%/*}")
 done
 
-for entry in "${apps[@]}"; do
-  app_ns=${entry%/*} app=${entry#*/}
-  kubectl -n "$app_ns" rollout status "deployment/$app" --timeout="$timeout" >&2 ||
-    km_die "deployment $app (namespace $app_ns) did not roll out within $timeout: $(kubectl -n "$app_ns" get pods -o wide 2>&1)"
-done
-
+# A private folder (mktemp -d: 0700) for the documents and the kubeconfigs, removed at the end.
 work=$(mktemp -d)
 # The pods this script makes, as <namespace>/<name>: each is listed before it is made, so one made
 # only in part is deleted too.
 made=()
+account=$arg_proof_service_account account_ns=$arg_proof_service_account_namespace
 cleanup() {
   local pod
+  if ((${#made[@]})); then
+    # A token of its own for the deletes, valid for all of them: the run's may be near its end
+    # after long waits. In a subshell: a failure to mint must not end the cleanup.
+    if (km_service_account_kubeconfig "$account" "$account_ns" $((${#made[@]} * arg_timeout_seconds + 600)) \
+      "$work/cleanup.kubeconfig"); then
+      export KUBECONFIG=$work/cleanup.kubeconfig
+    else
+      km_log "could not mint a token for the cleanup; deleting with the run's"
+    fi
+  fi
   for pod in "${made[@]}"; do
     kubectl -n "${pod%/*}" delete pod "${pod#*/}" --ignore-not-found --wait=true --grace-period=1 \
       --timeout="$timeout" >&2 || km_log "could not delete pod $pod: delete it by hand"
@@ -57,6 +69,17 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
+# Valid for every bounded wait below (each rollout, the two clients' readiness) and ten minutes
+# more.
+km_service_account_kubeconfig "$account" "$account_ns" $(((${#apps[@]} + 2) * arg_timeout_seconds + 600)) \
+  "$work/proof.kubeconfig"
+export KUBECONFIG=$work/proof.kubeconfig
+
+for entry in "${apps[@]}"; do
+  app_ns=${entry%/*} app=${entry#*/}
+  kubectl -n "$app_ns" rollout status "deployment/$app" --timeout="$timeout" >&2 ||
+    km_die "deployment $app (namespace $app_ns) did not roll out within $timeout: $(kubectl -n "$app_ns" get pods -o wide 2>&1)"
+done
 
 # The in-mesh client: a pod in the injected namespace, so its request leaves through a sidecar.
 # It runs in a Kata VM: the namespace is a sandbox, whose admission policy refuses any other

@@ -236,3 +236,38 @@ km_delete_bootstrap_tokens() {
     kubeadm token delete "$id" >&2
   done
 }
+
+# km_service_account_kubeconfig ACCOUNT NAMESPACE SECONDS FILE: writes FILE, a kubeconfig that acts
+# as the ServiceAccount NAMESPACE/ACCOUNT (a token for it valid SECONDS, at least 600: the API
+# server's minimum) against admin.conf's API server and CA. admin.conf serves for that alone:
+# `kubectl create token`, and reading its cluster entry. FILE is made anew under umask 077 (0600
+# from its first byte); its folder should be private too. The token stays in a variable and
+# reaches the file through jq's stdin: never an argument (the process list), never printed.
+km_admin_kubeconfig=/etc/kubernetes/admin.conf
+km_service_account_kubeconfig() {
+  local account=$1 namespace=$2 seconds=$3 file=$4 cluster server ca token
+  if ! [[ $seconds =~ ^[1-9][0-9]*$ ]] || ((seconds < 600)); then
+    km_die "a token lives 600 seconds at least, not: $seconds"
+  fi
+  cluster=$(kubectl --kubeconfig "$km_admin_kubeconfig" config view --minify --raw \
+    -o 'jsonpath={.clusters[0].cluster.server}{"\n"}{.clusters[0].cluster.certificate-authority-data}') ||
+    km_die "could not read the cluster from $km_admin_kubeconfig"
+  server=${cluster%%$'\n'*}
+  ca=${cluster#*$'\n'}
+  [[ $server == https://* && -n $ca && $cluster == *$'\n'* ]] ||
+    km_die "$km_admin_kubeconfig names no https server with its CA data"
+  token=$(kubectl --kubeconfig "$km_admin_kubeconfig" -n "$namespace" create token "$account" \
+    --duration="${seconds}s") ||
+    km_die "could not mint a token for ServiceAccount $namespace/$account (is it declared? components/proof_access.py)"
+  [[ $token =~ ^[A-Za-z0-9._-]+$ ]] || km_die "kubectl create token printed no token"
+  rm -f "$file"
+  (
+    umask 077
+    jq -R --arg server "$server" --arg ca "$ca" --arg user "$namespace/$account" '{
+      apiVersion: "v1", kind: "Config", "current-context": "proof",
+      clusters: [{name: "cluster", cluster: {server: $server, "certificate-authority-data": $ca}}],
+      users: [{name: $user, user: {token: .}}],
+      contexts: [{name: "proof", context: {cluster: "cluster", user: $user}}]
+    }' <<<"$token" >"$file"
+  ) || km_die "could not write $file"
+}
