@@ -13,7 +13,7 @@ from components.mesh import IstioMesh, MeshArgs
 from components.network import API_PORT, Network, NetworkArgs
 from components.node_provisioning import NodeProvisioning, NodeProvisioningArgs, ProvisioningSpec, node_steps
 from components.nodes import ClusterNodes, ClusterNodesArgs, MachineSpec
-from components.proof import OUTSIDE_NAMESPACE, Proof, ProofArgs, app_namespaces
+from components.proof import OUTSIDE_NAMESPACE, Proof, ProofArgs, app_namespaces, fingerprint
 from components.proof_access import ProofAccess, ProofAccessArgs
 from components.settings import BOOKINFO_NAMESPACE, load_settings
 from components.ssh_access import SshAccess, SshAccessArgs, SshHost, render_known_hosts, render_ssh_config
@@ -49,6 +49,7 @@ bastion = (
             ssh_keys_metadata=ssh.ssh_keys_metadata,
             admin_user=settings.admin_user,
             private_key=ssh.private_key_openssh,
+            after=[network.bastion_firewall],
         ),
     )
     if settings.private_nodes
@@ -95,7 +96,8 @@ provisioning = {
             instance_id=vm.instance_id,
             instance=vm.instance,
             steps=node_steps_for_stack,
-            after=[bastion.ready] if bastion else [],
+            # SSH must be open first, and stays open until the last SSH step is gone (destroy).
+            after=[network.ssh_firewall, *([bastion.ready] if bastion else [])],
         ),
     )
     for vm in nodes.all
@@ -197,6 +199,14 @@ proof_args = ProofArgs(
     api_endpoint=api.address.apply(lambda ip: f"{ip}:{API_PORT}"),
     # A worker is not a load-balancer backend, so its request really goes through it.
     probe_node=(nodes.workers or nodes.control_planes)[0],
+    # Runtime versions and node config (each step's content), a replaced VM, a new cluster.
+    vouched_for=fingerprint(
+        [
+            *(step.content_hash for step in node_steps_for_stack),
+            *(vm.instance_id for vm in nodes.all),
+            cluster.init.id,
+        ]
+    ),
 )
 # The proof acts in the cluster as this ServiceAccount only, with what its steps need.
 proof_access = ProofAccess(

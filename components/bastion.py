@@ -3,6 +3,7 @@ the hop every SSH step takes to the nodes (pulumi-command's connection `proxy`).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pulumi
@@ -26,6 +27,8 @@ class BastionArgs:
     ssh_keys_metadata: pulumi.Input[str]
     admin_user: str
     private_key: pulumi.Input[str]
+    # The firewall rule that lets SSH in: created before the first SSH step, deleted after the last.
+    after: Sequence[pulumi.Resource] = ()
 
 
 class Bastion(pulumi.ComponentResource):
@@ -97,7 +100,7 @@ class Bastion(pulumi.ComponentResource):
             ssh_connection(self.ssh, wait_for_boot=True),
             pulumi.ResourceOptions(
                 parent=self,
-                depends_on=[self.instance],
+                depends_on=[self.instance, *args.after],
                 custom_timeouts=pulumi.CustomTimeouts(create="20m"),
             ),
             extra_triggers=[self.instance.instance_id],

@@ -8,6 +8,7 @@ otherwise."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -100,6 +101,16 @@ class ProofArgs:
     # The runc twin's namespace; by default the one HttpbinApp gives it beside `namespace` (a
     # runc pod is refused in the app's sandbox namespace).
     runc_namespace: str | None = None
+    # A fingerprint of everything else the proof vouches for (the nodes' runtime versions and
+    # config, the VMs, the cluster): any change runs it again. See `fingerprint`.
+    vouched_for: pulumi.Input[str] = ""
+
+
+def fingerprint(parts: Sequence[pulumi.Input[str]]) -> pulumi.Output[str]:
+    """One value that changes whenever any of the parts does."""
+    return pulumi.Output.all(*parts).apply(
+        lambda values: hashlib.sha256("\0".join(values).encode()).hexdigest()
+    )
 
 
 def app_namespaces(args: ProofArgs) -> dict[str, str]:
@@ -151,7 +162,7 @@ class Proof(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: ProofArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("kata-mesh:proof:Proof", name, None, opts)
-        triggers = [args.app_fingerprint, args.run_id]
+        triggers: list[pulumi.Input[str]] = [args.app_fingerprint, args.run_id, args.vouched_for]
         cp = args.control_plane
         cp_connection = ssh_connection(cp.ssh)
         namespaces = app_namespaces(args)
@@ -212,7 +223,7 @@ class Proof(pulumi.ComponentResource):
         args: ProofArgs,
         cp_connection: command.remote.ConnectionArgs,
         facts: command.remote.Command,
-        triggers: list[str],
+        triggers: list[pulumi.Input[str]],
     ) -> list[command.remote.Command]:
         """With 3 or more control planes: the HA facts from the first control plane and the API
         probe through the load balancer, after the mesh facts (none otherwise). A control plane

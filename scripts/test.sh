@@ -47,11 +47,13 @@ if [[ ! -x $containerd2 ]] && command -v apt-get >/dev/null && command -v dpkg >
 fi
 # cloud-init's JSON schema checks the user-data that installs the host keys: Debian's package is
 # downloaded and unpacked (not installed; only its schema file is read).
-cloud_init_schema=.cache/cloud-init/usr/lib/python3/dist-packages/cloudinit/config/schemas/schema-cloud-config-v1.json
+cloud_init_schema_path=usr/lib/python3/dist-packages/cloudinit/config/schemas/schema-cloud-config-v1.json
+cloud_init_schema=.cache/cloud-init/$cloud_init_schema_path
 if [[ ! -f $cloud_init_schema ]] && command -v apt-get >/dev/null && command -v dpkg >/dev/null; then
   deb_dir=$(mktemp -d)
   if (cd "$deb_dir" && apt-get download -qq cloud-init >/dev/null 2>&1); then
-    dpkg -x "$deb_dir"/cloud-init_*.deb .cache/cloud-init
+    mkdir -p .cache/cloud-init
+    dpkg-deb --fsys-tarfile "$deb_dir"/cloud-init_*.deb | tar -x -C .cache/cloud-init "./$cloud_init_schema_path"
   else
     echo "note: could not fetch Debian's cloud-init; the user-data schema test is skipped" >&2
   fi
@@ -72,7 +74,7 @@ echo "== pyright"
 venv/bin/pyright
 
 echo "== shellcheck"
-mapfile -t shell_scripts < <(find . -path ./venv -prune -o -type f \( -name '*.sh' -o -path ./.ci/run \) -print)
+mapfile -t shell_scripts < <(find . \( -path ./venv -o -path ./.cache \) -prune -o -type f \( -name '*.sh' -o -path ./.ci/run \) -print)
 venv/bin/shellcheck --severity=style "${shell_scripts[@]}"
 
 echo "== pytest"

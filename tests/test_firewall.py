@@ -229,3 +229,43 @@ def test_allow_world_access_opens_exactly_the_listed_world_ranges():
         name for name, rule in rules.items() if any(world_open(c) for c in rule.get("sourceRanges", []))
     }
     assert opened == {"network-allow-ssh", "network-allow-api", "network-allow-gateway"}
+
+
+def depends_on(program, registration) -> set[str]:
+    """Every URN the resource waits for on create, and outlives on destroy: its dependencies, its
+    provider's, and theirs."""
+    by_urn = {r.urn: r for r in program.registrations}
+    seen: set[str] = set()
+    todo = [registration.urn]
+    while todo:
+        current = by_urn.get(todo.pop())
+        if current is None:
+            continue
+        provider = current.provider.rsplit("::", 1)[0] if current.provider else ""
+        for urn in [*current.dependencies, *([provider] if provider else [])]:
+            if urn not in seen:
+                seen.add(urn)
+                todo.append(urn)
+    return seen
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_every_ssh_step_and_every_cluster_object_outlives_the_rules_that_let_it_in(stack):
+    """Pulumi deletes a resource only after everything that depends on it: the drain, removal and
+    Helm uninstalls at `pulumi destroy` still find SSH and the API open."""
+    program = cached_run(stack, False)
+    rules = {r.name: r.urn for r in program.of_type(FIREWALL)}
+    ssh_rules = {rules["network-allow-ssh"]}
+    if stack_file(stack).get(f"{PROJECT}:privateNodes"):
+        ssh_rules.add(rules["network-allow-bastion-ssh"])
+    commands = program.of_type("command:remote:Command")
+    assert commands
+    for command in commands:
+        needed = ssh_rules - ({rules["network-allow-ssh"]} if command.name == "bastion-wait-ready" else set())
+        assert needed <= depends_on(program, command), command.name
+    kubernetes = [r for r in program.registrations if r.custom and r.type.startswith("kubernetes:")]
+    assert kubernetes
+    for resource in kubernetes:
+        if resource.type == "pulumi:providers:kubernetes":
+            continue
+        assert rules["network-allow-api"] in depends_on(program, resource), resource.name

@@ -164,7 +164,16 @@ def test_bumping_kata_reruns_only_the_kata_step_and_replaces_no_vm(monkeypatch):
     after = {r.urn: r.inputs for r in bumped.registrations}
     assert before.keys() == after.keys()
     changed = sorted(urn.rsplit("::", 1)[1] for urn in before if before[urn] != after[urn])
-    assert changed == ["kata-mesh-dev-cp-0-provision-kata", "kata-mesh-dev-worker-0-provision-kata"]
+    # The kata steps, and the proof, which vouched for the old Kata.
+    proof = [
+        "kata-mesh-dev-cp-0-kata-evidence",
+        "kata-mesh-dev-worker-0-kata-evidence",
+        "proof-mesh-facts",
+        "proof-verdict",
+    ]
+    assert changed == sorted(
+        ["kata-mesh-dev-cp-0-provision-kata", "kata-mesh-dev-worker-0-provision-kata", *proof]
+    )
     for urn in before:
         if urn.endswith("-provision-kata"):
             assert before[urn]["triggers"][0] != after[urn]["triggers"][0]

@@ -562,7 +562,15 @@ def test_the_proof_runs_again_when_the_app_changes_or_when_asked_and_not_otherwi
         "dev", preview=False, overrides={f"{PROJECT}:httpbinImage": "docker.io/mccutchen/go-httpbin:v2.15.0"}
     )
     asked = run_program("dev", preview=False, overrides={f"{PROJECT}:verificationRun": "1764104531"})
+    # What the nodes run changes (every step's arguments name the mirror): the proof vouched for
+    # the old runtime.
+    mirror = run_program(
+        "dev",
+        preview=False,
+        overrides={f"{PROJECT}:artifactMirrorUrl": "https://storage.googleapis.com/b/km"},
+    )
     for name in names:
         assert triggers(base, name) == triggers(same, name)
         assert triggers(base, name) != triggers(image, name)
         assert triggers(base, name) != triggers(asked, name)
+        assert triggers(base, name) != triggers(mirror, name)
