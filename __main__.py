@@ -49,6 +49,7 @@ bastion = (
             ssh_keys_metadata=ssh.ssh_keys_metadata,
             admin_user=settings.admin_user,
             private_key=ssh.private_key_openssh,
+            authorized_key=ssh.public_key_openssh,
             after=[network.bastion_firewall],
         ),
     )
@@ -76,6 +77,7 @@ nodes = ClusterNodes(
         ssh_keys_metadata=ssh.ssh_keys_metadata,
         admin_user=settings.admin_user,
         private_key=ssh.private_key_openssh,
+        authorized_key=ssh.public_key_openssh,
         bastion=bastion.ssh if bastion else None,
     ),
 )
@@ -97,7 +99,8 @@ provisioning = {
             instance=vm.instance,
             steps=node_steps_for_stack,
             # SSH must be open first, and stays open until the last SSH step is gone (destroy).
-            after=[network.ssh_firewall, *([bastion.ready] if bastion else [])],
+            # With private nodes, also Cloud NAT: the first steps download packages and releases.
+            after=[network.ssh_firewall, *([network.nat, bastion.ready] if bastion else [])],
         ),
     )
     for vm in nodes.all

@@ -27,6 +27,7 @@ class BastionArgs:
     ssh_keys_metadata: pulumi.Input[str]
     admin_user: str
     private_key: pulumi.Input[str]
+    authorized_key: pulumi.Input[str]
     # The firewall rule that lets SSH in: created before the first SSH step, deleted after the last.
     after: Sequence[pulumi.Resource] = ()
 
@@ -45,7 +46,7 @@ class Bastion(pulumi.ComponentResource):
         super().__init__("kata-mesh:bastion:Bastion", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         host_name = f"{args.name_prefix}-bastion"
-        self.host_key = make_host_key(name, self)
+        self.host_key = make_host_key(name, self, args.admin_user, args.authorized_key)
         self.address = gcp.compute.Address(
             f"{name}-ip",
             name=f"{host_name}-ip",

@@ -34,10 +34,25 @@ def render_sshd_dropin(host_key_path: str = HOST_KEY_PATH) -> str:
     )
 
 
-def render_host_key_user_data(private_key_openssh: str, public_key_openssh: str) -> str:
-    """cloud-init user-data that installs the host key before sshd starts (cloud-init's network
-    stage runs before ssh.service), and reloads sshd should it have started earlier anyway."""
+def render_host_key_user_data(
+    private_key_openssh: str, public_key_openssh: str, admin_user: str, authorized_key: str
+) -> str:
+    """cloud-init user-data that installs the host key and makes the admin user with the stack's
+    key, both before sshd starts (cloud-init's network stage runs before ssh.service), and reloads
+    sshd should it have started earlier anyway. The user is not left to the guest agent, which
+    makes it from the ssh-keys metadata only after sshd answers: a login through the bastion that
+    fails once is not retried on a fresh connection (pulumi-command's proxy dial)."""
     config = {
+        # Instead of the image's default user: only the admin user exists.
+        "users": [
+            {
+                "name": admin_user,
+                "shell": "/bin/bash",
+                "sudo": "ALL=(ALL) NOPASSWD:ALL",
+                "lock_passwd": True,
+                "ssh_authorized_keys": [authorized_key.strip()],
+            }
+        ],
         "write_files": [
             {
                 "path": HOST_KEY_PATH,
@@ -78,12 +93,14 @@ class HostKey:
     user_data: pulumi.Output[str]
 
 
-def make_host_key(name: str, parent: pulumi.Resource) -> HostKey:
+def make_host_key(
+    name: str, parent: pulumi.Resource, admin_user: str, authorized_key: pulumi.Input[str]
+) -> HostKey:
     key = tls.PrivateKey(f"{name}-host-key", algorithm="ED25519", opts=pulumi.ResourceOptions(parent=parent))
     public = key.public_key_openssh.apply(lambda k: k.strip())
     user_data = pulumi.Output.secret(
-        pulumi.Output.all(key.private_key_openssh, public).apply(
-            lambda parts: render_host_key_user_data(parts[0], parts[1])
+        pulumi.Output.all(key.private_key_openssh, public, authorized_key).apply(
+            lambda parts: render_host_key_user_data(parts[0], parts[1], admin_user, parts[2])
         )
     )
     return HostKey(public_key_openssh=public, user_data=user_data)

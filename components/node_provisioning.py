@@ -40,6 +40,10 @@ KATA_LINKS = (
     "qemu-system-x86_64",
 )
 CLOUD_INIT_TIMEOUT_SECONDS = 900
+# A booting VM's first step dials until sshd answers, this many times at most (a few seconds
+# apart once pulumi-command's backoff has grown): bounded, so that a host key mismatch ends the
+# step with its own error before the step's timeout would hide it.
+BOOT_DIAL_ATTEMPTS = 120
 # The GCE metadata server (metadata.google.internal), which pods may not reach; the step's
 # nftables table, its ruleset file and the unit that loads it at boot.
 METADATA_IP = "169.254.169.254"
@@ -204,8 +208,7 @@ class SshTarget:
 
 
 def ssh_connection(target: SshTarget, wait_for_boot: bool = False) -> command.remote.ConnectionArgs:
-    # A booting VM: dial until sshd answers; the step's own timeout bounds the wait.
-    dial_error_limit = -1 if wait_for_boot else 10
+    dial_error_limit = BOOT_DIAL_ATTEMPTS if wait_for_boot else 10
     proxy = target.proxy
     return command.remote.ConnectionArgs(
         host=target.host,
@@ -266,6 +269,9 @@ def remote_step(
         resource_name,
         connection=connection,
         create=command_line,
+        # A change of anything but the triggers (the connection: a new bastion address, a
+        # rotated stack key) runs nothing again; pulumi-command would rerun `create` otherwise.
+        update=":",
         stdin=stdin,
         triggers=[content_hash, *extra_triggers],
         add_previous_output_in_env=False,

@@ -63,6 +63,8 @@ class NodeVmArgs:
     ssh_keys_metadata: pulumi.Input[str]
     admin_user: str
     private_key: pulumi.Input[str]
+    # The stack's public key, which cloud-init authorizes for admin_user at first boot.
+    authorized_key: pulumi.Input[str]
     # With a bastion the node has no external address: SSH goes through the bastion, egress through
     # Cloud NAT. None: a static external address, SSH straight to it.
     bastion: SshTarget | None = None
@@ -97,7 +99,7 @@ class NodeVm(pulumi.ComponentResource):
         self.node_name = args.name
         self.zone = args.zone
         machine = args.machine
-        self.host_key = make_host_key(name, self)
+        self.host_key = make_host_key(name, self, args.admin_user, args.authorized_key)
         access_configs = None
         self.external_ip = None
         if args.bastion is None:
@@ -182,6 +184,7 @@ class ClusterNodesArgs:
     ssh_keys_metadata: pulumi.Input[str]
     admin_user: str
     private_key: pulumi.Input[str]
+    authorized_key: pulumi.Input[str]
     # Private nodes: every SSH step goes through this bastion, and no node has an external address.
     bastion: SshTarget | None = None
 
@@ -230,6 +233,7 @@ class ClusterNodes(pulumi.ComponentResource):
                     ssh_keys_metadata=args.ssh_keys_metadata,
                     admin_user=args.admin_user,
                     private_key=args.private_key,
+                    authorized_key=args.authorized_key,
                     bastion=args.bastion,
                 ),
                 opts=child,

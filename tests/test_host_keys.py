@@ -133,6 +133,8 @@ def test_the_user_data_is_valid_cloud_config_that_writes_the_key_and_the_sshd_dr
     text = render_host_key_user_data(
         "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaA==\n-----END OPENSSH PRIVATE KEY-----\n",
         "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIA== host",
+        "kata-admin",
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB== kata-admin\n",
     )
     assert text.startswith("#cloud-config\n")
     document = yaml.safe_load(text)
@@ -143,6 +145,16 @@ def test_the_user_data_is_valid_cloud_config_that_writes_the_key_and_the_sshd_dr
     files = written(document)
     assert files[SSHD_DROPIN_PATH]["content"].splitlines()[-1] == f"HostKey {HOST_KEY_PATH}"
     assert files[f"{HOST_KEY_PATH}.pub"]["content"] == "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIA== host\n"
+    # The admin user, made by cloud-init before sshd answers, with the stack's key and sudo.
+    assert document["users"] == [
+        {
+            "name": "kata-admin",
+            "shell": "/bin/bash",
+            "sudo": "ALL=(ALL) NOPASSWD:ALL",
+            "lock_passwd": True,
+            "ssh_authorized_keys": ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB== kata-admin"],
+        }
+    ]
 
 
 # --- real sshd and ssh --------------------------------------------------------------------------
@@ -184,7 +196,8 @@ class Sshd:
         self.private_key = self.etc / "generated_host_key"
         self.public_key = keygen(self.private_key)
         install_user_data(
-            render_host_key_user_data(self.private_key.read_text(), self.public_key), self.etc.parent
+            render_host_key_user_data(self.private_key.read_text(), self.public_key, "root", user_key),
+            self.etc.parent,
         )
         self.authorized = tmp / name / "authorized_keys"
         self.authorized.write_text(user_key + "\n")
@@ -292,3 +305,14 @@ def test_the_rendered_config_reaches_a_private_node_through_the_bastion_and_refu
     refused = ssh(ssh_files(tmp_path, user_key, swapped), "km-node")
     assert refused.returncode == 255 and refused.stdout == ""
     assert "Host key verification failed" in refused.stderr
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_every_machine_makes_the_admin_user_with_the_stacks_key_at_first_boot(stack):
+    program = cached_run(stack)
+    stack_key = unsecret_value(node_vms(program)[0].inputs["metadata"])["ssh-keys"].split(":", 1)[1]
+    for instance in program.of_type(INSTANCE):
+        [user] = user_data_of(instance.inputs)["users"]
+        assert user["name"] == "kata-admin"
+        # The ssh-keys metadata's "USER:KEY USER" line, without its user prefix.
+        assert f"{user['ssh_authorized_keys'][0]} kata-admin" == stack_key

@@ -583,12 +583,15 @@ def test_without_a_twin_no_role_goes_to_its_namespace():
 def test_the_proofs_steps_name_the_service_account_proof_access_declares():
     program = cached_run("dev")
     facts = command_args(program.one(COMMAND, "proof-mesh-facts").inputs["create"])
-    assert (facts["--proof-service-account"], facts["--proof-service-account-namespace"]) == (
-        PROOF_SERVICE_ACCOUNT,
-        PROOF_SERVICE_ACCOUNT_NAMESPACE,
-    )
-    assert dict(ha_facts_step(CP3).args)["proof-service-account"] == PROOF_SERVICE_ACCOUNT
-    assert dict(ha_facts_step(CP3).args)["proof-service-account-namespace"] == PROOF_SERVICE_ACCOUNT_NAMESPACE
+    [account] = [
+        r.inputs["metadata"]
+        for r in program.of_type("kubernetes:core/v1:ServiceAccount")
+        if "proof" in r.name
+    ]
+    declared = (account["name"], account["namespace"])
+    assert (facts["--proof-service-account"], facts["--proof-service-account-namespace"]) == declared
+    ha = command_args(cached_run("prod").one(COMMAND, "proof-ha-facts").inputs["create"])
+    assert (ha["--proof-service-account"], ha["--proof-service-account-namespace"]) == declared
     # The namespaces the step touches are the ones the rules cover (dev has the runc twin).
     apps = apps_of(facts["--apps"])
     rules = proof_rules(apps, facts["--namespace"], facts["--outside-namespace"])
