@@ -5,6 +5,15 @@ import dataclasses
 import pulumi
 
 from components.api_endpoint import ApiEndpoint, ApiEndpointArgs
+from components.backup_config import backup_object_prefix
+from components.backups import (
+    BackupBucket,
+    BackupBucketArgs,
+    BackupSchedule,
+    BackupScheduleArgs,
+    ControlPlaneRestore,
+    ControlPlaneRestoreArgs,
+)
 from components.bastion import Bastion, BastionArgs
 from components.bookinfo import Bookinfo, BookinfoArgs
 from components.cluster import ClusterArgs, KubeadmCluster
@@ -105,6 +114,30 @@ provisioning = {
     )
     for vm in nodes.all
 }
+backup_prefix = backup_object_prefix(settings.name_prefix)
+backups = BackupBucket(
+    "backups",
+    BackupBucketArgs(
+        name_prefix=settings.name_prefix,
+        region=settings.region,
+        node_service_account_email=nodes.service_account.email,
+        prefix=backup_prefix,
+        retention_days=settings.backup_retention_days,
+        force_destroy=settings.backup_force_destroy,
+    ),
+)
+restore = ControlPlaneRestore(
+    "restore",
+    ControlPlaneRestoreArgs(
+        control_planes=nodes.control_planes,
+        provisioned={name: p.last for name, p in provisioning.items()},
+        kubernetes_version=settings.kubernetes_version,
+        bucket=backups.name,
+        prefix=backup_prefix,
+        backup_object=settings.backup_object,
+        bucket_access=backups.node_access,
+    ),
+)
 api = ApiEndpoint(
     "api",
     ApiEndpointArgs(
@@ -152,6 +185,19 @@ cluster = KubeadmCluster(
             api.health_check_firewall,
         ],
         allow_control_plane_shrink=settings.allow_control_plane_shrink,
+        before_init=[restore.restore],
+    ),
+)
+BackupSchedule(
+    "backup-schedule",
+    BackupScheduleArgs(
+        control_planes=nodes.control_planes,
+        served=cluster.served,
+        tools=restore.tools,
+        bucket=backups.name,
+        prefix=backup_prefix,
+        interval_hours=settings.backup_interval_hours,
+        after=[cluster.ready],
     ),
 )
 
@@ -292,3 +338,6 @@ else:
     )
 pulumi.export("httpbinUrl", httpbin_url)
 pulumi.export("verification", proof.report)
+pulumi.export("backupBucket", backups.name)
+# Read from the bucket at every `pulumi up` (no SSH): PREFIX/<UTC time>-<node>, or null.
+pulumi.export("newestBackup", backups.newest)

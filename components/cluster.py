@@ -12,6 +12,7 @@ import pulumi_kubernetes as k8s
 import pulumi_random as random
 
 from components import versions
+from components.backup_config import RESTORE_MARKER
 from components.kubeadm_config import (
     AUDIT_LOG_DIR,
     AUDIT_POLICY_FILE,
@@ -73,6 +74,8 @@ class ClusterArgs:
     # them only after everything that uses them.
     api_access: Sequence[pulumi.Resource]
     allow_control_plane_shrink: bool
+    # What `kubeadm init` waits for besides cp-0's provisioning (the restore from a backup).
+    before_init: Sequence[pulumi.Resource] = ()
 
 
 def node_registration(
@@ -152,6 +155,8 @@ class KubeadmCluster(pulumi.ComponentResource):
                 *API_SERVER_FILES,
                 ("audit-policy-b64", self.audit_policy_b64),
                 ("init-token-description", INIT_TOKEN_DESCRIPTION),
+                # Written by the restore step when it brought a backup back (components/backups.py).
+                ("restored-marker", RESTORE_MARKER),
                 (
                     "config-b64",
                     b64(
@@ -177,7 +182,9 @@ class KubeadmCluster(pulumi.ComponentResource):
             f"{name}-init",
             NodeStep("kubeadm-init", "50-kubeadm-init.sh", ()),
             cp_connection,
-            pulumi.ResourceOptions(parent=self, depends_on=[args.provisioned[cp.node_name], first_backend]),
+            pulumi.ResourceOptions(
+                parent=self, depends_on=[args.provisioned[cp.node_name], first_backend, *args.before_init]
+            ),
             extra_triggers=[cp.instance_id],
             args=init_args,
             secret_args=pulumi.Output.all(self.certificate_key.hex, self.encryption_config_b64).apply(
@@ -211,6 +218,14 @@ class KubeadmCluster(pulumi.ComponentResource):
         self.control_plane_joins = [
             self._join_control_plane(vm, args, certificate_key_arg) for vm in args.control_planes[1:]
         ]
+        # What makes each control plane serve, by name: init on the first, its join on the others.
+        self.served: dict[str, pulumi.Resource] = {
+            cp.node_name: self.init,
+            **{
+                vm.node_name: join
+                for vm, join in zip(args.control_planes[1:], self.control_plane_joins, strict=True)
+            },
+        }
         self.worker_joins = [self._join_worker(worker, args) for worker in args.workers]
         self.policy = self._control_plane_policy(name, args)
         nodes_ready = NodeStep(

@@ -54,7 +54,7 @@ METADATA_BLOCK_PACKAGES = ("nftables",)
 
 
 @functools.cache
-def _script_source(name: str) -> str:
+def script_source(name: str) -> str:
     """Each script is read once per run, however many nodes and steps send it."""
     return (SCRIPTS_DIR / name).read_text()
 
@@ -70,7 +70,7 @@ class NodeStep:
 
     @property
     def script_text(self) -> str:
-        return f"{_script_source('lib.sh')}\n{_script_source(self.script)}"
+        return f"{script_source('lib.sh')}\n{script_source(self.script)}"
 
     @property
     def command_line(self) -> str:

@@ -19,6 +19,9 @@ NODE_SCOPES = (
     "https://www.googleapis.com/auth/logging.write",
     "https://www.googleapis.com/auth/monitoring.write",
 )
+# Control planes also upload and read their backups (components/backups.py): Cloud Storage
+# read-write, limited to the backup bucket by its IAM members (the account has no project role).
+CONTROL_PLANE_SCOPES = (*NODE_SCOPES, "https://www.googleapis.com/auth/devstorage.read_write")
 CONTROL_PLANE = "control-plane"
 WORKER = "worker"
 
@@ -141,7 +144,7 @@ class NodeVm(pulumi.ComponentResource):
             scheduling=_scheduling(machine.spot),
             service_account=gcp.compute.InstanceServiceAccountArgs(
                 email=args.service_account_email,
-                scopes=list(NODE_SCOPES),
+                scopes=list(CONTROL_PLANE_SCOPES if args.role == CONTROL_PLANE else NODE_SCOPES),
             ),
             shielded_instance_config=gcp.compute.InstanceShieldedInstanceConfigArgs(
                 enable_secure_boot=machine.secure_boot,

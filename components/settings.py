@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
-from components import versions
+from components import backup_config, versions
 
 T = TypeVar("T")
 
@@ -55,6 +55,10 @@ PROJECT_KEYS = (
     "runcTwin",
     "bookinfo",
     "verificationRun",
+    "backupIntervalHours",
+    "backupRetentionDays",
+    "backupForceDestroy",
+    "backupObject",
 )
 # Provider keys: region and zone come from the stack files, the project from each user.
 GCP_KEYS = ("gcp:project", "gcp:region", "gcp:zone")
@@ -256,6 +260,13 @@ class Settings:
     runc_twin: bool
     bookinfo: bool
     verification_run: str
+    # etcd and PKI backups to the stack's bucket: how often, kept how long, whether `pulumi destroy`
+    # may delete a bucket that holds some, and which backup a new first control plane restores
+    # ("" for the newest).
+    backup_interval_hours: int
+    backup_retention_days: int
+    backup_force_destroy: bool
+    backup_object: str
     # A user-supplied key is plain text only here; components wrap it with Output.secret.
     ssh_private_key: str | None = field(default=None, repr=False)
 
@@ -749,6 +760,47 @@ def _check_access(
     )
 
 
+# The production stack's name: its backups are never deleted with the stack.
+PRODUCTION_STACK = "prod"
+# Folders as the backup names them: each part starts with a letter or digit (no "." or "..").
+BACKUP_OBJECT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*$")
+
+
+def _check_backups(
+    r: _Reader, stack: str, interval_hours: int, retention_days: int, force_destroy: bool, backup_object: str
+) -> None:
+    if interval_hours not in backup_config.INTERVAL_HOURS:
+        r.problem(
+            "backupIntervalHours",
+            interval_hours,
+            "must divide a day, so backups run at the same hours every day (a systemd calendar "
+            f"timer): one of {', '.join(map(str, backup_config.INTERVAL_HOURS))}",
+        )
+    if not 1 <= retention_days <= 365:
+        r.problem(
+            "backupRetentionDays",
+            retention_days,
+            "must be 1 to 365: fewer than one day keeps no backup to restore, and the bucket's "
+            "lifecycle rule counts whole days",
+        )
+    if force_destroy and stack == PRODUCTION_STACK:
+        r.problem(
+            "backupForceDestroy",
+            force_destroy,
+            "is never allowed in prod: `pulumi destroy` would delete every backup with the stack. "
+            f"Unset it ({set_command('backupForceDestroy', 'false')}); to remove the bucket, empty "
+            "it yourself first",
+        )
+    if backup_object and not BACKUP_OBJECT.match(backup_object):
+        r.problem(
+            "backupObject",
+            backup_object,
+            "must be a backup's folder in the bucket, as `gcloud storage ls gs://<backupBucket>/<prefix>/` "
+            "lists it (e.g. kata-mesh-prod/control-plane/20261127T060000Z-kata-mesh-prod-cp-0), or empty "
+            "for the newest",
+        )
+
+
 def _check_project(r: _Reader, project: str) -> None:
     if not project:
         r.problem(
@@ -876,6 +928,10 @@ def _read(raw: Mapping[str, str | None], stack: str) -> tuple[_Reader, Settings 
     runc_twin = r.boolean("runcTwin")
     bookinfo = r.boolean("bookinfo")
     verification_run = r.string("verificationRun")
+    backup_interval_hours = r.integer("backupIntervalHours")
+    backup_retention_days = r.integer("backupRetentionDays")
+    backup_force_destroy = r.boolean("backupForceDestroy")
+    backup_object = r.string("backupObject").strip()
 
     if not GCE_NAME.match(stack) or len(stack) > STACK_NAME_MAX:
         r.problem(
@@ -948,6 +1004,10 @@ def _read(raw: Mapping[str, str | None], stack: str) -> tuple[_Reader, Settings 
         r, istio_version, istio_cni, gateway_node_port, app_namespace, httpbin_image, bookinfo, runc_twin
     )
 
+    _check_backups(
+        r, stack, backup_interval_hours, backup_retention_days, backup_force_destroy, backup_object
+    )
+
     if r.problems:
         return r, None
     return r, Settings(
@@ -986,6 +1046,10 @@ def _read(raw: Mapping[str, str | None], stack: str) -> tuple[_Reader, Settings 
         runc_twin=runc_twin,
         bookinfo=bookinfo,
         verification_run=verification_run,
+        backup_interval_hours=backup_interval_hours,
+        backup_retention_days=backup_retention_days,
+        backup_force_destroy=backup_force_destroy,
+        backup_object=backup_object,
         ssh_private_key=ssh_private_key,
     )
 

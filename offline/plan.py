@@ -193,6 +193,8 @@ class PlanMocks(pulumi_mocks.Mocks):
     def new_resource(self, args: pulumi_mocks.MockResourceArgs) -> tuple[str | None, dict]:
         state = dict(args.inputs)
         name = state.get("name", args.name)
+        # A name made from another resource's output (the backup bucket's) is unknown in a plan.
+        name = name if isinstance(name, str) else args.name
         special = next(
             (host for suffix, host in PLACEHOLDER_HOSTS_BY_SUFFIX.items() if name.endswith(suffix)), None
         )
@@ -243,6 +245,9 @@ class PlanMocks(pulumi_mocks.Mocks):
             return {"family": args.args["family"], "name": args.args["family"], "selfLink": link}, []
         if args.token == "tls:index/getPublicKey:getPublicKey":
             return {"publicKeyOpenssh": "ssh-ed25519 AAAAplaceholder\n"}, []
+        if args.token == "gcp:storage/getBucketObjects:getBucketObjects":
+            # A plan cannot look into the bucket: no backup, as for a new stack.
+            return {"bucketObjects": []}, []
         raise NotImplementedError(f"the plan has no placeholder for invoke {args.token}")
 
 

@@ -62,6 +62,32 @@ __all__ = [
 ]
 
 
+# What the backup bucket lists (under the cluster's prefix): two complete backups, and a newer one
+# whose manifest never arrived (an upload cut short), which is not a backup to restore.
+SAMPLE_BACKUP_OBJECTS = (
+    "20261126T000000Z-cp-0/etcd.db",
+    "20261126T000000Z-cp-0/pki.tar.gz",
+    "20261126T000000Z-cp-0/manifest.json",
+    "20261127T060000Z-cp-1/etcd.db",
+    "20261127T060000Z-cp-1/pki.tar.gz",
+    "20261127T060000Z-cp-1/manifest.json",
+    "20261127T120000Z-cp-0/etcd.db",
+)
+
+
+def backup_object(invoke_args: Mapping[str, Any], name: str) -> dict[str, str]:
+    full = f"{invoke_args['prefix']}{name}"
+    link = f"https://storage.googleapis.com/storage/v1/b/{invoke_args['bucket']}/o/{full.replace('/', '%2F')}"
+    return {
+        "contentType": "application/octet-stream",
+        "mediaLink": f"{link}?alt=media",
+        "name": full,
+        "selfLink": link,
+        "storageClass": "STANDARD",
+        "updated": "2026-11-27T12:00:00Z",
+    }
+
+
 def node_vms(program: ProgramRun) -> list[Registration]:
     """The cluster's node VMs: every instance but the bastion."""
     return [
@@ -260,6 +286,10 @@ class KataMeshMocks(pulumi_mocks.Mocks):
             state["email"] = f"{state['accountId']}@kata-mesh-test.iam.gserviceaccount.com"
         elif args.typ == "command:remote:Command":
             state["stdout"] = self.command_stdout(state, args.name)
+        elif args.typ == "random:index/randomId:RandomId":
+            state["hex"] = hashlib.sha256(f"{name}-mock-id".encode()).hexdigest()[
+                : 2 * int(state["byteLength"])
+            ]
         elif args.typ == "random:index/randomBytes:RandomBytes":
             digest = hashlib.sha256(f"{name}-mock-random".encode()).digest()[: int(state["length"])]
             state["hex"] = digest.hex()
@@ -328,6 +358,8 @@ class KataMeshMocks(pulumi_mocks.Mocks):
             }, []
         if args.token == "tls:index/getPublicKey:getPublicKey":
             return {"publicKeyOpenssh": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAuser\n"}, []
+        if args.token == "gcp:storage/getBucketObjects:getBucketObjects":
+            return {"bucketObjects": [backup_object(args.args, name) for name in SAMPLE_BACKUP_OBJECTS]}, []
         raise NotImplementedError(f"no mock for invoke {args.token}")
 
 

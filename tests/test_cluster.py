@@ -69,8 +69,11 @@ def test_every_stack_declares_init_pod_network_joins_and_secret_kubeconfig(stack
     # Secret (it carries the certificate key): known only once the key is, after preview.
     assert init.raw_inputs["stdin"][SECRET_SIG]
     if not preview:
-        assert "kubeadm init --config" in init.inputs["stdin"]["value"]
-        assert "ignore-preflight-errors" not in init.inputs["stdin"]["value"]
+        assert 'kubeadm init "${init_flags[@]}"' in init.inputs["stdin"]["value"]
+        # kubeadm's preflight is skipped only for restored etcd data, which the marker names.
+        assert (
+            command_args(init.inputs["create"])["--restored-marker"] == "/etc/kubernetes/.kata-mesh-restored"
+        )
     for worker in workers(program):
         join = command(program, f"{worker}-join")
         token = command(program, f"{worker}-join-token")

@@ -3,17 +3,16 @@ endpoint as __main__.py builds it, on the API's own groups of control planes, as
 
 from __future__ import annotations
 
-import functools
-
 import pytest
-from harness import PROJECT, ProgramRun, Registration, run_program
+from harness import PROJECT, ProgramRun, Registration, cached_run, stack_config
 
 STACK = "prod"
 PREFIX = f"kata-mesh-{STACK}"
 REGION = "europe-west4"
 ZONES = ("europe-west4-a", "europe-west4-b", "europe-west4-c")
-# Not the default 30080, so a port taken from anywhere but the argument shows.
-NODE_PORT = 31234
+# prod's NodePort as its config gives it (Pulumi.yaml's default; a port passed anywhere else is
+# caught by test_firewall's gateway on another port).
+NODE_PORT = int(stack_config(STACK)[f"{PROJECT}:gatewayNodePort"])
 COMPONENT = "kata-mesh:gateway:GatewayEndpoint"
 ADDRESS = "gcp:compute/address:Address"
 GROUP = "gcp:compute/instanceGroup:InstanceGroup"
@@ -29,10 +28,9 @@ GOOGLE_PROBE_RANGES = {"35.191.0.0/16", "209.85.152.0/22", "209.85.204.0/22"}
 MODES = [pytest.param(True, id="preview"), pytest.param(False, id="up")]
 
 
-@functools.cache
 def run(preview: bool) -> ProgramRun:
-    """prod (private nodes, the gateway on) as __main__.py builds it, on a NodePort of its own."""
-    return run_program(STACK, preview=preview, overrides={f"{PROJECT}:gatewayNodePort": NODE_PORT})
+    """prod (private nodes, the gateway on) as __main__.py builds it."""
+    return cached_run(STACK, preview)
 
 
 def gateway_children(program: ProgramRun) -> list[Registration]:

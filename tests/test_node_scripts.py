@@ -4,6 +4,7 @@ download-verify-install against a release served on 127.0.0.1, sent exactly as t
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import functools
 import hashlib
@@ -16,18 +17,21 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness import ROOT, require_tool
+from harness import ROOT, STACKS, cached_run, command_args, require_tool
 from seed import SEED_LINKS
 
 from components import versions
 from components.node_config import KATA_DROPIN_NAME, render_kata_dropin
 from components.node_provisioning import SCRIPTS_DIR, NodeStep, ProvisioningSpec, node_steps
+from offline.plan import script_of
 
 SHELL_SCRIPTS = sorted([*SCRIPTS_DIR.glob("*.sh"), *ROOT.glob("scripts/*.sh"), ROOT / ".ci" / "run"])
 CAPABLE = "System is capable of running Kata Containers"
 CAN_CREATE = "System can currently create Kata Containers"
 
 
+# scripts/test.sh runs shellcheck itself before pytest; this copy runs with the system tests.
+@pytest.mark.system
 def test_every_shell_script_is_shellcheck_clean():
     shellcheck = ROOT / "venv" / "bin" / "shellcheck"
     binary = str(shellcheck) if shellcheck.exists() else "shellcheck"
@@ -49,7 +53,31 @@ def test_each_step_is_valid_bash_as_sent_and_starts_strict(script: str):
 
 def test_the_program_sends_every_provisioning_script():
     sent = {s.script for s in node_steps(ProvisioningSpec("1.36.4", versions.KATA_RELEASES["3.32.0"]))}
-    assert sent == {p.name for p in SCRIPTS_DIR.glob("[0-4]*.sh")}
+    # The control planes' own steps before init (the etcd tools, the restore) come from
+    # components/backups.py.
+    control_plane_only = {"45-restore-control-plane.sh", "47-etcd-tools.sh"}
+    assert sent | control_plane_only == {p.name for p in SCRIPTS_DIR.glob("[0-4]*.sh")}
+    assert not sent & control_plane_only
+
+
+def test_every_node_script_is_sent_by_some_stack():
+    """Every script in scripts/node reaches a node: as a step's stdin, or (the backup itself) as
+    the file the backup-timer step installs."""
+    sent: set[str] = set()
+    installed: set[str] = set()
+    for stack in STACKS:
+        for command in cached_run(stack).of_type("command:remote:Command"):
+            script = script_of(command.raw_inputs.get("stdin"))
+            if script:
+                sent.add(script)
+            create = command.inputs.get("create")
+            if isinstance(create, str) and " -- " in create:
+                args = command_args(create)
+                if "--script-b64" in args:
+                    installed.add(base64.b64decode(args["--script-b64"]).decode())
+    scripts = {p.name for p in SCRIPTS_DIR.glob("[0-9]*.sh")}
+    assert scripts <= sent, scripts - sent
+    assert (SCRIPTS_DIR / "kata-mesh-backup.sh").read_text() in installed
 
 
 @pytest.mark.parametrize("script", sorted(p.name for p in SCRIPTS_DIR.glob("[0-9]*.sh")))

@@ -642,6 +642,7 @@ def init_step(takes_workloads: bool = False, config: str = INIT_CONFIG) -> NodeS
             *API_SERVER_FILES,
             ("audit-policy-b64", b64(AUDIT_POLICY)),
             ("init-token-description", INIT_TOKEN_DESCRIPTION),
+            ("restored-marker", "/etc/kubernetes/.kata-mesh-restored"),
             ("config-b64", base64.b64encode(config.encode()).decode()),
         ),
     )

@@ -34,6 +34,10 @@ from components.settings import SettingsError
 from offline import engine, plan
 from offline.charts import releases as charts_of
 
+# Every stack planned again, with helm: with the system tests (scripts/test.sh), to keep the plain
+# run short.
+pytestmark = pytest.mark.system
+
 # RFC 5737 documentation ranges: what the plan's placeholders must come from.
 DOCUMENTATION_NETS = [ipaddress.ip_network(n) for n in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24")]
 # The seed's containerd config (REFERENCE section 1): runc by default, kata beside it.

@@ -554,6 +554,8 @@ def triggers(program, name: str) -> list:
     return program.one(COMMAND, name).inputs["triggers"]
 
 
+# Four more runs of dev: with the system tests, to keep the plain run short.
+@pytest.mark.system
 def test_the_proof_runs_again_when_the_app_changes_or_when_asked_and_not_otherwise():
     names = ["proof-mesh-facts", "kata-mesh-dev-cp-0-kata-evidence", "proof-verdict"]
     base = run_program("dev", preview=False)

@@ -8,6 +8,15 @@
 # super-admin.conf leaves the node and kubeadm init's own bootstrap token is deleted (every node
 # joins with a token of its own). Every run then makes the node's taint and Kata label match
 # whether it takes workloads (that changes with workerCount).
+#
+# After 45-restore-control-plane.sh brought a backup back onto this new VM, its marker
+# (--restored-marker) says `state=complete`: kubeadm init then runs on the restored data. It keeps the
+# restored CAs and service-account keys in /etc/kubernetes/pki (it issues this node's own
+# certificates from them) and starts etcd on the restored /var/lib/etcd, which its preflight check
+# DirAvailable--var-lib-etcd would refuse. A marker saying `state=restoring` (a restore that died
+# half-way) stops this step before anything changes. With the marker there, an unfinished init is
+# never undone by `kubeadm reset` (that deletes the data dir and the PKI: the restored cluster);
+# only the static pod manifests and kubeconfigs go. Without the marker nothing of this applies.
 set -euo pipefail
 if ! declare -F km_parse_args >/dev/null; then
   # shellcheck source=lib.sh
@@ -25,22 +34,68 @@ arg_audit_policy_b64=""
 arg_audit_policy_file=""
 arg_audit_log_dir=""
 arg_init_token_description=""
+arg_restored_marker=""
 km_parse_args "$@"
 km_require_args config_b64 node_name takes_workloads kata_label certificate_key encryption_config_b64 \
-  encryption_config_file audit_policy_b64 audit_policy_file audit_log_dir init_token_description
+  encryption_config_file audit_policy_b64 audit_policy_file audit_log_dir init_token_description \
+  restored_marker
 [[ $arg_certificate_key =~ ^[0-9a-f]{64}$ ]] || km_die "--certificate-key must be 64 lowercase hex digits"
+[[ $arg_restored_marker == /?*/?* && $arg_restored_marker != */ ]] ||
+  km_die "--restored-marker must be an absolute path in a folder, not: $arg_restored_marker"
 
 config_file=/etc/kubernetes/kubeadm-init.yaml
 initialized=/etc/kubernetes/.kata-mesh-initialized
 in_service=false
 [[ -f $initialized ]] && in_service=true
+
+# The restore, if any: read (and refused) before anything on the node changes. kubeadm's own paths:
+# ClusterConfiguration leaves etcd's data dir and the certificates dir at their defaults, and the
+# preflight check is named after the data dir ("DirAvailable-" and the path, / made -).
+etcd_data_dir=/var/lib/etcd
+pki_dir=/etc/kubernetes/pki
+restored_state=""
+restored_from=""
+if [[ -e $arg_restored_marker ]]; then
+  [[ -f $arg_restored_marker ]] || km_die "$arg_restored_marker is not a file"
+  restored_state=$(sed -n 's/^state=//p' "$arg_restored_marker")
+  restored_from=$(sed -n 's/^backup=//p' "$arg_restored_marker")
+  case $restored_state in
+    complete) ;;
+    restoring)
+      km_die "the restore from ${restored_from:-a backup} did not finish ($arg_restored_marker says state=restoring): $etcd_data_dir and $pki_dir may hold half of it, and kubeadm init is not run on that. Run the restore step again (45-restore-control-plane.sh, the program's $arg_node_name-restore: \`pulumi up\` retries it after its failure); it starts over from the backup and marks state=complete when done. Nothing was changed" ;;
+    *) km_die "$arg_restored_marker holds no state=complete nor state=restoring line (state: '${restored_state//$'\n'/ }'); it is 45-restore-control-plane.sh's marker: run that step again. Nothing was changed" ;;
+  esac
+  if [[ ! -f $initialized ]]; then
+    # kubeadm init on an empty data dir, or without the restored CAs, would make a new cluster.
+    absent=""
+    [[ -d $etcd_data_dir/member ]] || absent="an etcd member in $etcd_data_dir"
+    for file in ca.crt ca.key sa.key sa.pub front-proxy-ca.crt front-proxy-ca.key etcd/ca.crt etcd/ca.key; do
+      [[ -n $absent || -s $pki_dir/$file ]] || absent=$pki_dir/$file
+    done
+    [[ -z $absent ]] ||
+      km_die "$arg_restored_marker says the cluster was restored from $restored_from, but $absent is missing (kubeadm reset?): kubeadm init would make a new cluster. Delete $arg_restored_marker, $etcd_data_dir and $pki_dir (all from the backup) and run the restore step (45-restore-control-plane.sh, the program's $arg_node_name-restore) again. Nothing was changed"
+  fi
+fi
 km_put_api_server_files "$arg_encryption_config_file" "$arg_encryption_config_b64" "$arg_audit_policy_file" \
   "$arg_audit_policy_b64" "$arg_audit_log_dir" "$in_service"
 km_put_file "$config_file" 0600 "$(base64 -d <<<"$arg_config_b64")"
 if [[ ! -f $initialized ]]; then
   if [[ -e /etc/kubernetes/admin.conf || -e /etc/kubernetes/manifests/kube-apiserver.yaml ]]; then
-    km_log "an earlier kubeadm init did not finish; resetting this node before trying again"
-    kubeadm reset -f >&2
+    if [[ -n $restored_state ]]; then
+      # Never kubeadm reset here: it empties $etcd_data_dir and $pki_dir, the restored cluster.
+      # What init wrote goes (the leaf certificates it made stay: init checks them against the CA
+      # and keeps them); then what reset would do besides deleting: the kubelet stops, and so do
+      # the earlier try's pods (preflight wants ports 6443, 2379, 2380 and 10250 free, and an etcd
+      # left running would keep writing to the data dir the next one opens).
+      km_log "an earlier kubeadm init on the restored cluster did not finish; removing its static pod manifests and kubeconfigs (no kubeadm reset: it would delete $etcd_data_dir and $pki_dir) before trying again"
+      rm -f /etc/kubernetes/manifests/*.yaml /etc/kubernetes/*.conf
+      systemctl stop kubelet >&2 || km_die "could not stop the kubelet before trying kubeadm init again"
+      crictl rmp --all --force >&2 ||
+        km_die "could not remove the earlier try's pods (crictl rmp --all --force) before trying kubeadm init again"
+    else
+      km_log "an earlier kubeadm init did not finish; resetting this node before trying again"
+      kubeadm reset -f >&2
+    fi
   fi
   # The kept config has no key; kubeadm reads the one with it, which is gone when it ends.
   keyed_config=$(mktemp /run/kata-mesh-kubeadm-init.XXXXXX.yaml)
@@ -51,7 +106,12 @@ if [[ ! -f $initialized ]]; then
   # their own short-lived tokens from the join-token step. --upload-certs: the other control
   # planes fetch the cluster's CA and keys from the kubeadm-certs Secret, encrypted with the key.
   # kubeadm prints the key it used: its output goes through km_hide.
-  kubeadm init --config "$keyed_config" --upload-certs --skip-token-print 2>&1 |
+  init_flags=(--config "$keyed_config" --upload-certs --skip-token-print)
+  if [[ $restored_state == complete ]]; then
+    km_log "bringing the cluster back from backup $restored_from: kubeadm init keeps its CAs and keys in $pki_dir and starts etcd on its data in $etcd_data_dir"
+    init_flags+=(--ignore-preflight-errors=DirAvailable--var-lib-etcd)
+  fi
+  kubeadm init "${init_flags[@]}" 2>&1 |
     km_hide "$arg_certificate_key" >&2 || km_die "kubeadm init failed; see the output above"
   rm -f "$keyed_config"
   touch "$initialized"
