@@ -88,6 +88,7 @@ nodes = ClusterNodes(
         private_key=ssh.private_key_openssh,
         authorized_key=ssh.public_key_openssh,
         bastion=bastion.ssh if bastion else None,
+        allow_control_plane_replacement=settings.allow_control_plane_replacement,
     ),
 )
 

@@ -71,6 +71,8 @@ class NodeVmArgs:
     # With a bastion the node has no external address: SSH goes through the bastion, egress through
     # Cloud NAT. None: a static external address, SSH straight to it.
     bastion: SshTarget | None = None
+    # Pulumi refuses to replace or delete the VM (a control plane holding the cluster's only data).
+    protect: bool = False
 
 
 def _scheduling(spot: bool) -> gcp.compute.InstanceSchedulingArgs:
@@ -159,6 +161,7 @@ class NodeVm(pulumi.ComponentResource):
                 parent=self,
                 # A newer image in the family must not replace a running node.
                 ignore_changes=["bootDisk.initializeParams.image"],
+                protect=args.protect,
             ),
         )
         self.name = self.instance.name
@@ -190,6 +193,8 @@ class ClusterNodesArgs:
     authorized_key: pulumi.Input[str]
     # Private nodes: every SSH step goes through this bastion, and no node has an external address.
     bastion: SshTarget | None = None
+    # Whether a control plane's VM may be replaced or deleted (allowControlPlaneReplacement).
+    allow_control_plane_replacement: bool = True
 
 
 def zone_for(zones: tuple[str, ...], index: int) -> str:
@@ -238,6 +243,7 @@ class ClusterNodes(pulumi.ComponentResource):
                     private_key=args.private_key,
                     authorized_key=args.authorized_key,
                     bastion=args.bastion,
+                    protect=role == CONTROL_PLANE and not args.allow_control_plane_replacement,
                 ),
                 opts=child,
             )

@@ -26,6 +26,7 @@ PROJECT_KEYS = (
     "minCpuPlatform",
     "controlPlaneCount",
     "allowControlPlaneShrink",
+    "allowControlPlaneReplacement",
     "zones",
     "workerCount",
     "spot",
@@ -229,6 +230,8 @@ class Settings:
     control_plane_count: int
     # Lets the step that removes a control plane take etcd from 3 or more members to fewer than 3.
     allow_control_plane_shrink: bool
+    # Off: Pulumi refuses to replace or delete a control plane's VM (protect).
+    allow_control_plane_replacement: bool
     # The zones of region the nodes are spread over, in order; never empty (`(zone,)` by default).
     zones: tuple[str, ...]
     worker_count: int
@@ -899,6 +902,7 @@ def _read(raw: Mapping[str, str | None], stack: str) -> tuple[_Reader, Settings 
         min_cpu_platform = None
     control_plane_count = r.integer("controlPlaneCount")
     allow_control_plane_shrink = r.boolean("allowControlPlaneShrink")
+    allow_control_plane_replacement = r.boolean("allowControlPlaneReplacement")
     zones = r.string_list("zones", example="us-central1-a")
     worker_count = r.integer("workerCount")
     spot = r.boolean("spot")
@@ -1019,6 +1023,7 @@ def _read(raw: Mapping[str, str | None], stack: str) -> tuple[_Reader, Settings 
         min_cpu_platform=min_cpu_platform,
         control_plane_count=control_plane_count,
         allow_control_plane_shrink=allow_control_plane_shrink,
+        allow_control_plane_replacement=allow_control_plane_replacement,
         zones=zones or (zone,),
         worker_count=worker_count,
         spot=spot,

@@ -87,6 +87,8 @@ class Registration:
     provider: str
     # URNs whose replacement replaces this resource too.
     replace_with: list[str] = field(default_factory=list)
+    # Pulumi refuses to delete it, or to replace it unless the program unprotects it in that update.
+    protect: bool = False
 
 
 class RecordingMonitor(pulumi_mocks.MockMonitor):
@@ -114,6 +116,7 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
                 delete_before_replace=request.deleteBeforeReplace,
                 provider=request.provider,
                 replace_with=list(request.replace_with),
+                protect=bool(request.protect),
             )
         )
         return response

@@ -369,3 +369,16 @@ def test_private_stacks_have_a_small_bastion_a_cloud_router_and_nat_and_public_o
     assert nat.inputs["subnetworks"] == [
         {"name": f"{subnet.inputs['name']}-id", "sourceIpRangesToNats": ["ALL_IP_RANGES"]}
     ]
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_control_plane_vms_are_protected_unless_the_stack_allows_their_replacement(stack):
+    program = run(stack, False)
+    allowed = bool(stack_file(stack).get(f"{PROJECT}:allowControlPlaneReplacement"))
+    # dev rebuilds freely; staging and prod rehearse and run the real thing.
+    assert allowed == (stack == "dev")
+    for vm in node_vms(program):
+        control_plane = "-cp-" in vm.inputs["name"]
+        assert vm.protect == (control_plane and not allowed), vm.inputs["name"]
+    overridden = run_program(stack, preview=True, overrides={f"{PROJECT}:allowControlPlaneReplacement": True})
+    assert not any(vm.protect for vm in node_vms(overridden))
