@@ -1,6 +1,7 @@
 """kata-mesh: a kubeadm cluster on GCE whose nodes run Kata Containers beside runc, meshed by Istio."""
 
 import dataclasses
+import datetime
 
 import pulumi
 
@@ -16,8 +17,10 @@ from components.backups import (
 )
 from components.bastion import Bastion, BastionArgs
 from components.bookinfo import Bookinfo, BookinfoArgs
+from components.cert_renewal import RenewalSchedule, RenewalScheduleArgs
 from components.cluster import ClusterArgs, KubeadmCluster
 from components.gateway_endpoint import GatewayEndpoint, GatewayEndpointArgs
+from components.kubeadm_config import kubeconfig_period
 from components.mesh import IstioMesh, MeshArgs
 from components.network import API_PORT, Network, NetworkArgs
 from components.node_provisioning import NodeProvisioning, NodeProvisioningArgs, ProvisioningSpec, node_steps
@@ -187,9 +190,10 @@ cluster = KubeadmCluster(
         ],
         allow_control_plane_shrink=settings.allow_control_plane_shrink,
         before_init=[restore.restore],
+        kubeconfig_period=kubeconfig_period(datetime.datetime.now(datetime.UTC).date()),
     ),
 )
-BackupSchedule(
+backup_schedule = BackupSchedule(
     "backup-schedule",
     BackupScheduleArgs(
         control_planes=nodes.control_planes,
@@ -200,6 +204,11 @@ BackupSchedule(
         interval_hours=settings.backup_interval_hours,
         after=[cluster.ready],
     ),
+)
+RenewalSchedule(
+    "renewal-schedule",
+    # After each node's backup timer: one step at a time on a control plane (SSH sessions on cp-0).
+    RenewalScheduleArgs(control_planes=nodes.control_planes, served=backup_schedule.timers),
 )
 
 mesh = IstioMesh(
@@ -340,5 +349,7 @@ else:
 pulumi.export("httpbinUrl", httpbin_url)
 pulumi.export("verification", proof.report)
 pulumi.export("backupBucket", backups.name)
+# Renewed by the timer on every control plane 90 days ahead; read again with admin.conf each month.
+pulumi.export("adminCertificateExpiry", cluster.admin_certificate_expiry)
 # Read from the bucket at every `pulumi up` (no SSH): PREFIX/<UTC time>-<node>, or null.
 pulumi.export("newestBackup", backups.newest)

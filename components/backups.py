@@ -22,6 +22,8 @@ MANIFEST_NAME = "manifest.json"
 # Where the etcd tools go, taken from the etcd image kubeadm pins (47-etcd-tools.sh).
 ETCD_TOOLS = ("etcdctl", "etcdutl")
 BIN_DIR = "/usr/local/bin"
+# Installs a script with the systemd service and timer that run it (backups, certificate renewal).
+INSTALL_TIMER_SCRIPT = "75-install-timer.sh"
 # What the nodes may do there: add objects (never replace or delete one) and read them back.
 NODE_ROLES = ("roles/storage.objectCreator", "roles/storage.objectViewer")
 
@@ -188,10 +190,11 @@ class BackupScheduleArgs:
 
 
 def backup_timer_step(bucket: str, prefix: str, node_name: str, interval_hours: int) -> NodeStep:
-    """75-backup-timer.sh: the backup script, its service and timer for this control plane."""
+    """75-install-timer.sh: the backup script, its service and timer for this control plane; the
+    first backup at once."""
     return NodeStep(
         "backup-timer",
-        "75-backup-timer.sh",
+        INSTALL_TIMER_SCRIPT,
         (
             ("script-b64", b64(script_source(backup_config.BACKUP_SCRIPT))),
             ("script-path", backup_config.BACKUP_SCRIPT_PATH),
@@ -200,7 +203,8 @@ def backup_timer_step(bucket: str, prefix: str, node_name: str, interval_hours: 
             ("unit-dir", backup_config.UNIT_DIR),
             ("service-name", backup_config.BACKUP_SERVICE),
             ("timer-name", backup_config.BACKUP_TIMER),
-            ("staging-dir", backup_config.STAGING_DIR),
+            ("private-dir", backup_config.STAGING_DIR),
+            ("run-now", "true"),
         ),
     )
 
@@ -220,7 +224,7 @@ class BackupSchedule(pulumi.ComponentResource):
             # The script is known now; its arguments once the bucket has its name.
             self.timers[vm.node_name] = remote_step(
                 f"{vm.node_name}-backup-timer",
-                NodeStep("backup-timer", "75-backup-timer.sh", ()),
+                NodeStep("backup-timer", INSTALL_TIMER_SCRIPT, ()),
                 ssh_connection(vm.ssh),
                 pulumi.ResourceOptions(
                     parent=self,

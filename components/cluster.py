@@ -10,6 +10,7 @@ import pulumi_command as command
 import pulumi_gcp as gcp
 import pulumi_kubernetes as k8s
 import pulumi_random as random
+import pulumi_tls as tls
 
 from components import versions
 from components.backup_config import RESTORE_MARKER
@@ -22,6 +23,7 @@ from components.kubeadm_config import (
     SECRETBOX_KEY_BYTES,
     InitSpec,
     NodeRegistration,
+    admin_client_certificate,
     external_kubeconfig,
     parse_join_command,
     render_audit_policy,
@@ -76,6 +78,8 @@ class ClusterArgs:
     allow_control_plane_shrink: bool
     # What `kubeadm init` waits for besides cp-0's provisioning (the restore from a backup).
     before_init: Sequence[pulumi.Resource] = ()
+    # admin.conf is read again whenever this changes (kubeconfig_period: once a month).
+    kubeconfig_period: str = ""
 
 
 def node_registration(
@@ -195,7 +199,8 @@ class KubeadmCluster(pulumi.ComponentResource):
             f"{name}-admin-conf",
             connection=cp_connection,
             create=f"sudo -n cat {ADMIN_CONF}",
-            triggers=[self.init.id],
+            # Again each month: renewed certificates reach the kubeconfig and the provider.
+            triggers=[self.init.id, args.kubeconfig_period],
             add_previous_output_in_env=False,
             logging=command.remote.Logging.NONE,
             opts=pulumi.ResourceOptions(
@@ -207,6 +212,14 @@ class KubeadmCluster(pulumi.ComponentResource):
                 lambda values: external_kubeconfig(values[0], values[1])
             )
         )
+        # When admin.conf's certificate (renewed with the others) expires; the certificate is no
+        # secret, only the key beside it is.
+        admin_certificate = pulumi.Output.unsecret(
+            pulumi.Output.secret(self.admin_conf.stdout).apply(admin_client_certificate)
+        )
+        self.admin_certificate_expiry = tls.get_certificate_output(
+            content=admin_certificate, opts=pulumi.InvokeOutputOptions(parent=self)
+        ).certificates.apply(lambda certificates: certificates[0].not_after)
         self.provider = k8s.Provider(
             f"{name}-k8s",
             kubeconfig=self.kubeconfig,

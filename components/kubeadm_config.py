@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import datetime
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -278,6 +279,24 @@ def render_join_config(node: NodeRegistration, join: JoinCommand, certificate_ke
             "certificateKey": certificate_key,
         }
     return _dump(document)
+
+
+def admin_client_certificate(admin_conf: str) -> str:
+    """The PEM client certificate admin.conf logs in with (kubeadm renews it with the others)."""
+    config = yaml.safe_load(admin_conf)
+    users = config.get("users") if isinstance(config, dict) else None
+    data = users[0].get("user", {}).get("client-certificate-data") if users else None
+    if not data:
+        raise ValueError("admin.conf has no client-certificate-data: was kubeadm init successful?")
+    return base64.b64decode(data).decode()
+
+
+def kubeconfig_period(today: datetime.date) -> str:
+    """The calendar month: admin.conf is read again once a month (a `pulumi up` in the same month
+    reads nothing), so the exported kubeconfig and the program's provider pick up a certificate
+    the renewal timer renewed (components/cert_renewal.py: 90 days before expiry) long before
+    the old one expires."""
+    return f"{today.year:04d}-{today.month:02d}"
 
 
 def external_kubeconfig(admin_conf: str, endpoint: str) -> str:

@@ -4,11 +4,13 @@ providers would (with recorded samples for the proof's steps), and one cached ru
 from __future__ import annotations
 
 import base64
+import datetime
 import functools
 import hashlib
 import json
 import os
 import shutil
+import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NoReturn
@@ -73,6 +75,36 @@ SAMPLE_BACKUP_OBJECTS = (
     "20261127T060000Z-cp-1/manifest.json",
     "20261127T120000Z-cp-0/etcd.db",
 )
+
+
+def certificate_info(pem: str) -> dict[str, Any]:
+    """What pulumi-tls's getCertificate says of a certificate, its dates read by openssl."""
+    dates = subprocess.run(
+        ["openssl", "x509", "-noout", "-startdate", "-enddate", "-subject"],
+        input=pem,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    fields = dict(line.split("=", 1) for line in dates.splitlines())
+
+    def rfc3339(openssl_date: str) -> str:
+        return datetime.datetime.strptime(openssl_date, "%b %d %H:%M:%S %Y %Z").strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    return {
+        "isCa": False,
+        "maxPathLength": 0,
+        "issuer": fields["subject"],
+        "subject": fields["subject"],
+        "notBefore": rfc3339(fields["notBefore"]),
+        "notAfter": rfc3339(fields["notAfter"]),
+        "serialNumber": "1",
+        "signatureAlgorithm": "ECDSA-SHA256",
+        "publicKeyAlgorithm": "ECDSA",
+        "version": 3,
+        "sha1Fingerprint": "",
+        "certPem": pem,
+    }
 
 
 def backup_object(invoke_args: Mapping[str, Any], name: str) -> dict[str, str]:
@@ -141,7 +173,10 @@ OPERATOR_CONFIG: dict[str, Any] = {
 
 MOCK_TOKEN = "abcdef.0123456789abcdef"
 MOCK_CA_HASH = "sha256:" + "c" * 64
-MOCK_ADMIN_CONF = """apiVersion: v1
+# A real client certificate (openssl, like kubeadm's admin certificate: O=kubeadm:cluster-admins), so
+# the program's expiry output comes from a certificate's own notAfter.
+ADMIN_CLIENT_CERT = (Path(__file__).parent / "samples" / "admin-client.crt").read_text()
+MOCK_ADMIN_CONF = f"""apiVersion: v1
 kind: Config
 clusters:
 - cluster:
@@ -157,7 +192,7 @@ current-context: kubernetes-admin@kubernetes
 users:
 - name: kubernetes-admin
   user:
-    client-certificate-data: Q0VSVAo=
+    client-certificate-data: {base64.b64encode(ADMIN_CLIENT_CERT.encode()).decode()}
     client-key-data: S0VZCg==
 """
 
@@ -358,6 +393,8 @@ class KataMeshMocks(pulumi_mocks.Mocks):
             }, []
         if args.token == "tls:index/getPublicKey:getPublicKey":
             return {"publicKeyOpenssh": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAuser\n"}, []
+        if args.token == "tls:index/getCertificate:getCertificate":
+            return {"certificates": [certificate_info(args.args["content"])]}, []
         if args.token == "gcp:storage/getBucketObjects:getBucketObjects":
             return {"bucketObjects": [backup_object(args.args, name) for name in SAMPLE_BACKUP_OBJECTS]}, []
         raise NotImplementedError(f"no mock for invoke {args.token}")

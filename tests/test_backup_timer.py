@@ -1,4 +1,4 @@
-"""75-backup-timer.sh run as the program sends it (components.backups.backup_timer_step), as root
+"""75-install-timer.sh run as the program sends it (components.backups.backup_timer_step), as root
 on a sandboxed node (tests/node_sandbox.py), with a systemctl stand-in that remembers which units
 are enabled. Checked: the first run installs the script and both units, enables the timer and
 starts one backup at once; a second run changes and restarts nothing; changed units are rewritten
@@ -103,3 +103,15 @@ def test_unit_names_that_are_not_plain_are_refused(node):
         base64.b64decode(dict(step.args)["script-b64"]).decode()
         == (SCRIPTS_DIR / "kata-mesh-backup.sh").read_text()
     )
+
+
+def test_without_run_now_the_timer_is_enabled_but_nothing_runs_yet(node):
+    step = backup_timer_step(BUCKET, PREFIX, NODE, 6)
+    args = tuple((k, "false" if k == "run-now" else v) for k, v in step.args)
+    result = node.run(type(step)(step.name, step.script, args))
+    assert result.returncode == 0, result.stderr
+    assert systemctl_calls(result) == [
+        "systemctl is-enabled --quiet kata-mesh-backup.timer",
+        "systemctl daemon-reload",
+        "systemctl enable --now kata-mesh-backup.timer",
+    ]
