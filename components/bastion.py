@@ -86,7 +86,12 @@ class Bastion(pulumi.ComponentResource):
             labels={"app": "kata-mesh", "stack": args.stack, "role": "bastion"},
             tags=[BASTION_TAG],
             allow_stopping_for_update=True,
-            opts=pulumi.ResourceOptions(parent=self, ignore_changes=["bootDisk.initializeParams.image"]),
+            opts=pulumi.ResourceOptions(
+                parent=self,
+                ignore_changes=["bootDisk.initializeParams.image"],
+                # GCE names are unique: a replacement can only be made once the old VM is gone.
+                delete_before_replace=True,
+            ),
         )
         self.external_ip = self.address.address
         self.ssh = SshTarget(

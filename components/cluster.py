@@ -315,6 +315,20 @@ class KubeadmCluster(pulumi.ComponentResource):
         certificate_key_arg: pulumi.Output[tuple[tuple[str, str], ...]],
     ) -> command.remote.Command:
         token = self._token(vm, control_plane=True, secret_args=certificate_key_arg)
+        # A replaced VM (same name, new instance): its old etcd member, dead, goes first, or the
+        # join would meet a member of its own name. Checked on cp-0; nothing to do on a first join.
+        forget = remote_step(
+            f"{vm.node_name}-forget-member",
+            NodeStep(
+                "forget-etcd-member",
+                "65-forget-etcd-member.sh",
+                (("node-name", vm.node_name), ("timeout-seconds", str(NODE_REMOVAL_TIMEOUT_SECONDS))),
+            ),
+            self.cp_connection,
+            pulumi.ResourceOptions(parent=self, depends_on=[token, *self.token_lanes.after()]),
+            extra_triggers=[vm.instance_id, self.init.id],
+        )
+        self.token_lanes.place(forget)
         takes_workloads = self.control_planes_take_workloads
         join_args = pulumi.Output.all(
             pulumi.Output.secret(token.stdout),
@@ -355,7 +369,7 @@ class KubeadmCluster(pulumi.ComponentResource):
             ssh_connection(vm.ssh),
             pulumi.ResourceOptions(
                 parent=self,
-                depends_on=[token, args.provisioned[vm.node_name]],
+                depends_on=[token, forget, args.provisioned[vm.node_name]],
                 custom_timeouts=pulumi.CustomTimeouts(create="20m"),
             ),
             extra_triggers=[vm.instance_id, self.init.id],

@@ -162,6 +162,8 @@ class NodeVm(pulumi.ComponentResource):
                 # A newer image in the family must not replace a running node.
                 ignore_changes=["bootDisk.initializeParams.image"],
                 protect=args.protect,
+                # GCE names are unique: a replacement can only be made once the old VM is gone.
+                delete_before_replace=True,
             ),
         )
         self.name = self.instance.name

@@ -96,6 +96,10 @@ NODE_FILES: dict[tuple[str, str], NodeFile] = {
     ("50-kubeadm-init.sh", "config-b64"): NodeFile("/etc/kubernetes/kubeadm-init.yaml", "base64"),
     ("50-kubeadm-init.sh", "audit-policy-b64"): NodeFile("{audit-policy-file}", "base64"),
     ("70-kubeadm-join.sh", "audit-policy-b64"): NodeFile("{audit-policy-file}", "base64"),
+    # The backup and the certificate renewal: each script with its service and timer.
+    ("75-install-timer.sh", "script-b64"): NodeFile("{script-path}", "base64"),
+    ("75-install-timer.sh", "service-b64"): NodeFile("{unit-dir}/{service-name}", "base64"),
+    ("75-install-timer.sh", "timer-b64"): NodeFile("{unit-dir}/{timer-name}", "base64"),
 }
 
 

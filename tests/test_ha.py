@@ -449,3 +449,21 @@ def test_fifty_workers_never_open_more_than_a_few_ssh_sessions_to_the_first_cont
     assert len(tokens) == 52 and max_concurrent(graph, [r.urn for r in tokens]) == 3
     # Tokens are still one per node.
     assert len({command_args(r.inputs["create"])["--node-name"] for r in tokens}) == 52
+
+
+def test_a_control_plane_joining_again_first_has_its_old_etcd_member_forgotten_on_cp0():
+    program = cached_run("prod")
+    node = program.output("nodes")["kata-mesh-prod-cp-0"]
+    cp0_host = node["externalIp"] or node["internalIp"]
+    cp0_id = program.states[program.one(INSTANCE, "kata-mesh-prod-cp-0").urn]["instanceId"]
+    for name in ("kata-mesh-prod-cp-1", "kata-mesh-prod-cp-2"):
+        forget = program.one(COMMAND, f"{name}-forget-member")
+        join = program.one(COMMAND, f"{name}-join")
+        assert forget.urn in join.dependencies
+        assert program.one(COMMAND, f"{name}-join-token").urn in forget.dependencies
+        assert value(forget.inputs["connection"])["host"] == cp0_host
+        assert command_args(forget.inputs["create"])["--node-name"] == name
+        # Runs when that node's VM is new (its instance id), not cp-0's.
+        vm_id = program.states[program.one(INSTANCE, name).urn]["instanceId"]
+        assert vm_id in forget.inputs["triggers"] and cp0_id not in forget.inputs["triggers"]
+    assert not [r for r in program.of_type(COMMAND) if r.name == "kata-mesh-prod-cp-0-forget-member"]

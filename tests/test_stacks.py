@@ -380,5 +380,7 @@ def test_control_plane_vms_are_protected_unless_the_stack_allows_their_replaceme
     for vm in node_vms(program):
         control_plane = "-cp-" in vm.inputs["name"]
         assert vm.protect == (control_plane and not allowed), vm.inputs["name"]
+        # A VM keeps its name when replaced, and GCE refuses a second VM of that name.
+        assert vm.delete_before_replace, vm.inputs["name"]
     overridden = run_program(stack, preview=True, overrides={f"{PROJECT}:allowControlPlaneReplacement": True})
     assert not any(vm.protect for vm in node_vms(overridden))
