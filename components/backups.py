@@ -69,7 +69,10 @@ class BackupBucket(pulumi.ComponentResource):
             lifecycle_rules=[
                 gcp.storage.BucketLifecycleRuleArgs(
                     action=gcp.storage.BucketLifecycleRuleActionArgs(type="Delete"),
-                    condition=gcp.storage.BucketLifecycleRuleConditionArgs(age=args.retention_days),
+                    # Live objects only: the rule below counts a replaced version's days itself.
+                    condition=gcp.storage.BucketLifecycleRuleConditionArgs(
+                        age=args.retention_days, with_state="LIVE"
+                    ),
                 ),
                 # Versions replaced or deleted by hand are kept as long, then go too.
                 gcp.storage.BucketLifecycleRuleArgs(
@@ -81,7 +84,9 @@ class BackupBucket(pulumi.ComponentResource):
             ],
             force_destroy=args.force_destroy,
             labels={"app": "kata-mesh"},
-            opts=child,
+            # Without force_destroy, `pulumi destroy` leaves the bucket and its backups in the
+            # project (GCE would refuse to delete a bucket that holds objects anyway).
+            opts=pulumi.ResourceOptions(parent=self, retain_on_delete=not args.force_destroy),
         )
         self.name = self.bucket.name
         self.node_access = [

@@ -62,7 +62,7 @@ def renewal_args(
     renew_within_days: int = RENEW_WITHIN_DAYS, wait_seconds: int = DEFAULT_WAIT_SECONDS
 ) -> tuple[tuple[str, str], ...]:
     """kata-mesh-renew-certs's arguments on a control plane (every other one has its default:
-    the four control-plane components in COMPONENTS' order, https://127.0.0.1:6443/readyz
+    the four control-plane components in COMPONENTS' order, https://kubernetes:6443/readyz (resolved to 127.0.0.1: the API server's certificate names `kubernetes`, not 127.0.0.1)
     trusted with kubeadm's CA, containerd's socket)."""
     if not MIN_RENEW_WITHIN_DAYS <= renew_within_days <= MAX_RENEW_WITHIN_DAYS:
         raise ValueError(

@@ -223,6 +223,9 @@ class KubeadmCluster(pulumi.ComponentResource):
         self.provider = k8s.Provider(
             f"{name}-k8s",
             kubeconfig=self.kubeconfig,
+            # The same cluster as long as init is the same: admin.conf read again (each month, a
+            # renewed certificate) updates the provider instead of replacing every object it made.
+            cluster_identifier=self.init.id,
             opts=pulumi.ResourceOptions(parent=self, depends_on=[self.init]),
         )
         self.pod_network = self._flannel(name, args.pod_cidr)
@@ -326,7 +329,10 @@ class KubeadmCluster(pulumi.ComponentResource):
             ),
             self.cp_connection,
             pulumi.ResourceOptions(parent=self, depends_on=[token, *self.token_lanes.after()]),
-            extra_triggers=[vm.instance_id, self.init.id],
+            # Only a new VM: run at any other time (a new script, a control plane rebooting) it
+            # could take a member that is only slow to answer for a dead one.
+            extra_triggers=[vm.instance_id],
+            rerun_on_change=False,
         )
         self.token_lanes.place(forget)
         takes_workloads = self.control_planes_take_workloads

@@ -239,6 +239,7 @@ def remote_step(
     secret_stdout: bool = False,
     args: pulumi.Output[tuple[tuple[str, str], ...]] | None = None,
     secret_args: pulumi.Output[tuple[tuple[str, str], ...]] | None = None,
+    rerun_on_change: bool = True,
 ) -> command.remote.Command:
     """Runs one step over SSH: its script on stdin, its arguments on the command line.
 
@@ -273,7 +274,9 @@ def remote_step(
         # rotated stack key) runs nothing again; pulumi-command would rerun `create` otherwise.
         update=":",
         stdin=stdin,
-        triggers=[content_hash, *extra_triggers],
+        # rerun_on_change=False: only extra_triggers run it again, never a new script or arguments
+        # (a step that must run once per VM and never after, whatever the program becomes).
+        triggers=[content_hash, *extra_triggers] if rerun_on_change else list(extra_triggers),
         add_previous_output_in_env=False,
         # Secret output is kept out of the logs too; stderr still shows what went wrong.
         logging=command.remote.Logging.STDERR if secret_stdout else None,

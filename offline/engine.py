@@ -89,6 +89,8 @@ class Registration:
     replace_with: list[str] = field(default_factory=list)
     # Pulumi refuses to delete it, or to replace it unless the program unprotects it in that update.
     protect: bool = False
+    # Pulumi forgets it at deletion and leaves the cloud resource as it is.
+    retain_on_delete: bool = False
 
 
 class RecordingMonitor(pulumi_mocks.MockMonitor):
@@ -117,6 +119,7 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
                 provider=request.provider,
                 replace_with=list(request.replace_with),
                 protect=bool(request.protect),
+                retain_on_delete=bool(request.retainOnDelete),
             )
         )
         return response

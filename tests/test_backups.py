@@ -36,10 +36,12 @@ def test_the_bucket_is_private_versioned_and_kept_retention_days(stack):
     assert inputs["versioning"] == {"enabled": True}
     ages = [rule["condition"] for rule in inputs["lifecycleRules"] if rule["action"] == {"type": "Delete"}]
     # Pulumi.yaml's default, 14 days, for live objects and for replaced versions alike.
-    assert {"age": 14} in ages
+    assert {"age": 14, "withState": "LIVE"} in ages
     assert {"daysSinceNoncurrentTime": 14, "withState": "ARCHIVED"} in ages
     # Only dev lets `pulumi destroy` take the backups with it.
     assert inputs["forceDestroy"] is (stack == "dev")
+    # Elsewhere `pulumi destroy` leaves the bucket, backups and all, in the project.
+    assert bucket.retain_on_delete is (stack != "dev")
     assert program.output("backupBucket") == inputs["name"]
 
 

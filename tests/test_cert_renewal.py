@@ -95,7 +95,8 @@ fi
 if [[ $current == running ]]; then echo "${#name}f0c1d2e4b5a6"; fi
 exit 0
 """
-CURL = """[[ " $* " == *" --cacert /etc/kubernetes/pki/ca.crt "* && ${*: -1} == https://127.0.0.1:6443/readyz ]] ||
+CURL = """[[ " $* " == *" --cacert /etc/kubernetes/pki/ca.crt "* && " $* " == *" --resolve kubernetes:6443:127.0.0.1 "* &&
+   ${*: -1} == https://kubernetes:6443/readyz ]] ||
   { echo "curl stand-in: unexpected call: curl $*" >&2; exit 2; }
 asks=0
 [[ -f $state/readyz-asks ]] && asks=$(<"$state/readyz-asks")
@@ -343,7 +344,7 @@ def test_an_api_server_that_never_gets_ready_fails_before_the_next_component(nod
     result = run(node, wait_seconds="6")
     assert result.returncode == 1
     assert error(result).startswith(
-        "kube-apiserver runs again but https://127.0.0.1:6443/readyz did not answer ok within 6 s"
+        "kube-apiserver runs again but https://kubernetes:6443/readyz did not answer ok within 6 s"
     )
     assert take_events(node) == ["renew", *RESTART_ALL[:4]]
     assert_manifests_in_place(node)

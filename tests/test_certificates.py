@@ -68,3 +68,13 @@ def test_every_control_plane_gets_the_renewal_timer_after_its_backup_timer(stack
         # A renewal only near expiry: the timer checks, nothing runs at install.
         assert args["--run-now"] == "false"
         assert "OnCalendar=" in base64.b64decode(args["--timer-b64"]).decode()
+
+
+def test_the_provider_is_replaced_only_with_a_new_cluster_not_with_a_reread_admin_conf():
+    program = cached_run("dev")
+    [provider] = [r for r in program.registrations if r.type == "pulumi:providers:kubernetes"]
+    # pulumi-kubernetes replaces a provider only when clusterIdentifier changes (its docs): the
+    # init step's id (the mock engine's ids are "<name>-id"), which a new admin.conf leaves alone.
+    assert provider.inputs["clusterIdentifier"] == "cluster-init-id"
+    admin_conf = program.one("command:remote:Command", "cluster-admin-conf")
+    assert "cluster-init-id" in admin_conf.inputs["triggers"]

@@ -466,4 +466,6 @@ def test_a_control_plane_joining_again_first_has_its_old_etcd_member_forgotten_o
         # Runs when that node's VM is new (its instance id), not cp-0's.
         vm_id = program.states[program.one(INSTANCE, name).urn]["instanceId"]
         assert vm_id in forget.inputs["triggers"] and cp0_id not in forget.inputs["triggers"]
+        # Nothing else runs it again: not its script's content, not a new init.
+        assert forget.inputs["triggers"] == [vm_id]
     assert not [r for r in program.of_type(COMMAND) if r.name == "kata-mesh-prod-cp-0-forget-member"]

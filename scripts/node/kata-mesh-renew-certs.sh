@@ -35,7 +35,11 @@ arg_manifests_dir=/etc/kubernetes/manifests
 arg_work_dir=/var/lib/kata-mesh/renew-certs
 arg_components="etcd kube-apiserver kube-controller-manager kube-scheduler"
 arg_wait_seconds=300
-arg_readyz_url=https://127.0.0.1:6443/readyz
+# The API server's certificate names `kubernetes` (kubeadm adds it, and kubernetes.default...),
+# never 127.0.0.1: the name is asked for and resolved to --readyz-address, so the certificate is
+# checked against the cluster's CA for a name it really carries.
+arg_readyz_url=https://kubernetes:6443/readyz
+arg_readyz_address=127.0.0.1
 arg_ca_cert=/etc/kubernetes/pki/ca.crt
 arg_cri_socket=unix:///run/containerd/containerd.sock
 
@@ -57,7 +61,10 @@ for name in manifests_dir work_dir ca_cert; do
   [[ ${!var} == /?* ]] || die "--${name//_/-} must be an absolute path, not: ${!var}"
 done
 [[ ${arg_work_dir%/} != "${arg_manifests_dir%/}" ]] || die "--work-dir must not be --manifests-dir"
-[[ $arg_readyz_url == https://?* ]] || die "--readyz-url must be an https:// URL, not: $arg_readyz_url"
+[[ $arg_readyz_url =~ ^https://([a-z0-9.-]+):([0-9]+)/ ]] ||
+  die "--readyz-url must be an https://NAME:PORT/ URL, not: $arg_readyz_url"
+readyz_resolve="${BASH_REMATCH[1]}:${BASH_REMATCH[2]}:$arg_readyz_address"
+[[ $arg_readyz_address =~ ^[0-9.]+$ ]] || die "--readyz-address must be an IPv4 address, not: $arg_readyz_address"
 [[ $arg_cri_socket == unix:///?* ]] || die "--cri-socket must be a unix:/// endpoint, not: $arg_cri_socket"
 read -r -a components <<<"$arg_components"
 ((${#components[@]} > 0)) || die "--components names no component"
@@ -98,7 +105,8 @@ is_running() {
 }
 api_ready() {
   local answer
-  answer=$(curl -sS --fail --cacert "$arg_ca_cert" --connect-timeout 5 --max-time 10 "$arg_readyz_url" 2>>"$tool_log") &&
+  answer=$(curl -sS --fail --cacert "$arg_ca_cert" --resolve "$readyz_resolve" --connect-timeout 5 --max-time 10 \
+    "$arg_readyz_url" 2>>"$tool_log") &&
     [[ $answer == ok ]]
 }
 
