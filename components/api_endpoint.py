@@ -29,6 +29,83 @@ CONNECTION_DRAINING_SECONDS = 30
 
 
 @dataclass(frozen=True)
+class PassthroughLoadBalancer:
+    """The parts of a regional external passthrough Network Load Balancer."""
+
+    static_address: gcp.compute.Address
+    health_check: gcp.compute.RegionHealthCheck
+    backend_service: gcp.compute.RegionBackendService
+    forwarding_rule: gcp.compute.ForwardingRule
+
+
+def passthrough_load_balancer(
+    name: str,
+    lb_name: str,
+    region: str,
+    port: int,
+    address_description: str,
+    groups: Sequence[gcp.compute.InstanceGroup],
+    opts: pulumi.ResourceOptions,
+    https_path: str | None = None,
+) -> PassthroughLoadBalancer:
+    """A static address, a health check on `port` (HTTPS on https_path, else TCP), a backend
+    service of the groups balanced by connection, and a forwarding rule on exactly `port` (passthrough
+    translates none): the GCE resources all named lb_name, the Pulumi ones after `name`."""
+    static_address = gcp.compute.Address(
+        f"{name}-ip",
+        name=lb_name,
+        region=region,
+        address_type="EXTERNAL",
+        description=address_description,
+        opts=opts,
+    )
+    health_check = gcp.compute.RegionHealthCheck(
+        f"{name}-health",
+        name=lb_name,
+        region=region,
+        https_health_check=gcp.compute.RegionHealthCheckHttpsHealthCheckArgs(
+            port=port, request_path=https_path
+        )
+        if https_path is not None
+        else None,
+        tcp_health_check=gcp.compute.RegionHealthCheckTcpHealthCheckArgs(port=port)
+        if https_path is None
+        else None,
+        check_interval_sec=5,
+        timeout_sec=5,
+        healthy_threshold=2,
+        unhealthy_threshold=3,
+        opts=opts,
+    )
+    backend_service = gcp.compute.RegionBackendService(
+        f"{name}-backends",
+        name=lb_name,
+        region=region,
+        load_balancing_scheme="EXTERNAL",
+        protocol="TCP",
+        health_checks=health_check.id,
+        connection_draining_timeout_sec=CONNECTION_DRAINING_SECONDS,
+        backends=[
+            gcp.compute.RegionBackendServiceBackendArgs(group=group.self_link, balancing_mode="CONNECTION")
+            for group in groups
+        ],
+        opts=opts,
+    )
+    forwarding_rule = gcp.compute.ForwardingRule(
+        f"{name}-rule",
+        name=lb_name,
+        region=region,
+        ip_address=static_address.address,
+        ip_protocol="TCP",
+        ports=[str(port)],
+        load_balancing_scheme="EXTERNAL",
+        backend_service=backend_service.id,
+        opts=opts,
+    )
+    return PassthroughLoadBalancer(static_address, health_check, backend_service, forwarding_rule)
+
+
+@dataclass(frozen=True)
 class ApiEndpointArgs:
     name_prefix: str
     region: str
@@ -52,28 +129,6 @@ class ApiEndpoint(pulumi.ComponentResource):
         super().__init__("kata-mesh:api:ApiEndpoint", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         prefix = args.name_prefix
-        self.static_address = gcp.compute.Address(
-            f"{name}-ip",
-            name=f"{prefix}-api",
-            region=args.region,
-            address_type="EXTERNAL",
-            description="The Kubernetes API's address (kubeadm controlPlaneEndpoint)",
-            opts=child,
-        )
-        self.address = self.static_address.address
-        self.health_check = gcp.compute.RegionHealthCheck(
-            f"{name}-health",
-            name=f"{prefix}-api",
-            region=args.region,
-            https_health_check=gcp.compute.RegionHealthCheckHttpsHealthCheckArgs(
-                port=int(API_PORT), request_path=HEALTH_CHECK_PATH
-            ),
-            check_interval_sec=5,
-            timeout_sec=5,
-            healthy_threshold=2,
-            unhealthy_threshold=3,
-            opts=child,
-        )
         self.instance_groups = {
             zone: gcp.compute.InstanceGroup(
                 f"{name}-{zone}",
@@ -85,33 +140,21 @@ class ApiEndpoint(pulumi.ComponentResource):
             )
             for zone in args.zones
         }
-        self.backend_service = gcp.compute.RegionBackendService(
-            f"{name}-backends",
-            name=f"{prefix}-api",
-            region=args.region,
-            load_balancing_scheme="EXTERNAL",
-            protocol="TCP",
-            health_checks=self.health_check.id,
-            connection_draining_timeout_sec=CONNECTION_DRAINING_SECONDS,
-            backends=[
-                gcp.compute.RegionBackendServiceBackendArgs(
-                    group=group.self_link, balancing_mode="CONNECTION"
-                )
-                for group in self.instance_groups.values()
-            ],
-            opts=child,
+        balancer = passthrough_load_balancer(
+            name,
+            f"{prefix}-api",
+            args.region,
+            int(API_PORT),
+            "The Kubernetes API's address (kubeadm controlPlaneEndpoint)",
+            list(self.instance_groups.values()),
+            child,
+            https_path=HEALTH_CHECK_PATH,
         )
-        self.forwarding_rule = gcp.compute.ForwardingRule(
-            f"{name}-rule",
-            name=f"{prefix}-api",
-            region=args.region,
-            ip_address=self.address,
-            ip_protocol="TCP",
-            ports=[API_PORT],
-            load_balancing_scheme="EXTERNAL",
-            backend_service=self.backend_service.id,
-            opts=child,
-        )
+        self.static_address = balancer.static_address
+        self.address = self.static_address.address
+        self.health_check = balancer.health_check
+        self.backend_service = balancer.backend_service
+        self.forwarding_rule = balancer.forwarding_rule
 
         def allow_api(
             rule: str, rule_name: str, sources: pulumi.Input[list[str]], what: str

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_gcp as gcp
 
-from components.api_endpoint import CONNECTION_DRAINING_SECONDS, HEALTH_CHECK_RANGES
+from components.api_endpoint import HEALTH_CHECK_RANGES, passthrough_load_balancer
 from components.network import CONTROL_PLANE_TAG
 
 
@@ -45,56 +45,23 @@ class GatewayEndpoint(pulumi.ComponentResource):
         child = pulumi.ResourceOptions(parent=self)
         prefix = args.name_prefix
         port = str(args.node_port)
-        self.static_address = gcp.compute.Address(
-            f"{name}-ip",
-            name=f"{prefix}-gateway",
-            region=args.region,
-            address_type="EXTERNAL",
-            description="The Istio ingress gateway's address (its NodePort behind a load balancer)",
-            opts=child,
-        )
-        self.address = self.static_address.address
         # TCP, not HTTP: a connection accepted on the NodePort is what says this node can forward
         # to a gateway pod (kube-proxy rejects it while the Service has no ready endpoint), and
         # the gateway routes by Host, so an HTTP probe's path would say little more.
-        self.health_check = gcp.compute.RegionHealthCheck(
-            f"{name}-health",
-            name=f"{prefix}-gateway",
-            region=args.region,
-            tcp_health_check=gcp.compute.RegionHealthCheckTcpHealthCheckArgs(port=args.node_port),
-            check_interval_sec=5,
-            timeout_sec=5,
-            healthy_threshold=2,
-            unhealthy_threshold=3,
-            opts=child,
+        balancer = passthrough_load_balancer(
+            name,
+            f"{prefix}-gateway",
+            args.region,
+            args.node_port,
+            "The Istio ingress gateway's address (its NodePort behind a load balancer)",
+            args.instance_groups,
+            child,
         )
-        self.backend_service = gcp.compute.RegionBackendService(
-            f"{name}-backends",
-            name=f"{prefix}-gateway",
-            region=args.region,
-            load_balancing_scheme="EXTERNAL",
-            protocol="TCP",
-            health_checks=self.health_check.id,
-            connection_draining_timeout_sec=CONNECTION_DRAINING_SECONDS,
-            backends=[
-                gcp.compute.RegionBackendServiceBackendArgs(
-                    group=group.self_link, balancing_mode="CONNECTION"
-                )
-                for group in args.instance_groups
-            ],
-            opts=child,
-        )
-        self.forwarding_rule = gcp.compute.ForwardingRule(
-            f"{name}-rule",
-            name=f"{prefix}-gateway",
-            region=args.region,
-            ip_address=self.address,
-            ip_protocol="TCP",
-            ports=[port],
-            load_balancing_scheme="EXTERNAL",
-            backend_service=self.backend_service.id,
-            opts=child,
-        )
+        self.static_address = balancer.static_address
+        self.address = self.static_address.address
+        self.health_check = balancer.health_check
+        self.backend_service = balancer.backend_service
+        self.forwarding_rule = balancer.forwarding_rule
         # Only the probes get a rule here. Clients need none of their own: passthrough keeps the
         # client's source address, so network.py's gateway rule (gatewayAllowedCidrs to the
         # NodePort on every node, control planes included) already decides who gets in.
