@@ -29,70 +29,35 @@ mkdir -p /run/lock
 exec 9>>/run/lock/kata-mesh-remove-control-plane
 flock -w 900 9 || km_die "another control plane removal is still running after 900s; nothing was changed"
 
-# 1. etcd's membership, read as 85-remove-control-plane.sh reads it (`member list -w simple`: IDs
-# in hex; ID, STATUS, NAME, PEER ADDRS, CLIENT ADDRS, IS LEARNER; a field's URLs separated by ","
-# alone). An unstarted member has no name yet; a learner does not vote, so it counts for neither
-# the quorum nor the members that remain.
-members=$(km_etcdctl member list -w simple) ||
-  km_die "could not list etcd's members; nothing was changed"
-member_id=""
-member_urls=""
-remaining=()
-declare -A remaining_urls=()
-while IFS='|' read -r id _ member_name _ client_urls is_learner; do
-  [[ -n $id ]] || continue
-  if [[ -n $member_name && $member_name == "$name" ]]; then
-    member_id=$id
-    member_urls=$client_urls
-    continue
-  fi
-  [[ $is_learner == true ]] && continue
-  label=${member_name:-"unstarted member $id"}
-  remaining+=("$label")
-  remaining_urls[$label]=$client_urls
-done <<<"${members//, /|}"
-
+# 1. etcd's membership (km_etcd_members, as 85-remove-control-plane.sh reads it).
+km_etcd_members "$name" || km_die "could not list etcd's members; nothing was changed"
+member_id=$km_member_id
 if [[ -z $member_id ]]; then
   km_log "$name is no etcd member: nothing to forget (a first join, or its old member is gone already)"
   exit 0
 fi
 
-# 2. Health of every member's client URLs, as 85-remove-control-plane.sh reads it: etcdctl exits
-# non-zero when one is unhealthy, printing the JSON all the same; a member is healthy when one of
-# its client URLs is (one that cannot commit a read within 3 s is not one to count on).
-health=$(km_etcdctl endpoint health --cluster -w json --command-timeout=3s 2>/dev/null) || true
-jq -e 'type == "array"' <<<"$health" >/dev/null 2>&1 ||
-  km_die "could not read etcd's endpoint health (etcdctl printed: ${health:-nothing}); nothing was changed"
-healthy_urls=$(jq -r '.[] | select(.health == true) | .endpoint' <<<"$health")
-is_healthy() {
-  local url urls
-  IFS=, read -ra urls <<<"$1"
-  for url in "${urls[@]}"; do
-    grep -qxF -- "$url" <<<"$healthy_urls" && return 0
-  done
-  return 1
-}
+# 2. Health of every member's client URLs (km_etcd_health).
+km_etcd_health ||
+  km_die "could not read etcd's endpoint health (etcdctl printed: ${km_health_output:-nothing}); nothing was changed"
 
 # A member that answers is this node's own, already joined: the old VM is deleted before its
 # replacement exists (GCE names are unique), so it cannot be the old one. This step also runs
 # again when its script changes, long after the join: then there is nothing to forget.
-if is_healthy "$member_urls"; then
-  km_log "$name's etcd member $member_id answers at ${member_urls:-its client URL}: $name serves as a member already; nothing to forget"
+if km_etcd_healthy "$km_member_urls"; then
+  km_log "$name's etcd member $member_id answers at ${km_member_urls:-its client URL}: $name serves as a member already; nothing to forget"
   exit 0
 fi
 
 # 3. The quorum of the members that remain (removing a dead member only makes it easier to keep,
 # but a cluster that lost it already must not be reconfigured behind its back).
-unhealthy=()
-for label in "${remaining[@]}"; do
-  is_healthy "${remaining_urls[$label]}" || unhealthy+=("$label")
-done
-count=${#remaining[@]}
-healthy=$((count - ${#unhealthy[@]}))
+km_etcd_unhealthy_survivors
+count=${#km_survivors[@]}
+healthy=$((count - ${#km_unhealthy[@]}))
 quorum=$((count / 2 + 1))
 km_log "etcd: $name (member $member_id) does not answer; without it, $healthy of $count healthy (quorum $quorum)"
 if ((healthy < quorum)); then
-  km_die "forgetting $name would leave etcd without quorum: of the $count members that would remain, $healthy healthy where $quorum are needed; unhealthy: ${unhealthy[*]}. Bring them back first, then run pulumi up again; nothing was changed"
+  km_die "forgetting $name would leave etcd without quorum: of the $count members that would remain, $healthy healthy where $quorum are needed; unhealthy: ${km_unhealthy[*]}. Bring them back first, then run pulumi up again; nothing was changed"
 fi
 
 # 4. The old VM's Node first, then its member: a run that fails after the Node is gone still finds

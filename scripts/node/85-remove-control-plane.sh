@@ -48,62 +48,28 @@ mkdir -p /run/lock
 exec 9>>/run/lock/kata-mesh-remove-control-plane
 flock -w 900 9 || km_die "another control plane removal is still running after 900s; nothing was changed"
 
-# 2. etcd's membership. `member list -w simple` prints the IDs in hex (its JSON holds them as
-# 64-bit integers, which jq would round) and one line per member:
-#   ID, STATUS, NAME, PEER ADDRS, CLIENT ADDRS, IS LEARNER
-# with the URLs of a field separated by "," alone. An unstarted member has no name and no client
-# URLs yet; a learner does not vote, so it counts for neither the quorum nor the survivors.
-members=$(km_etcdctl member list -w simple) ||
-  km_die "could not list etcd's members; nothing was changed"
-member_id=""
-member_is_learner=false
-survivors=()
-declare -A survivor_urls=()
-voters=0
-while IFS='|' read -r id _ member_name _ client_urls is_learner; do
-  [[ -n $id ]] || continue
-  if [[ -n $member_name && $member_name == "$name" ]]; then
-    member_id=$id
-    [[ $is_learner == true ]] && member_is_learner=true
-  fi
-  [[ $is_learner == true ]] && continue
-  voters=$((voters + 1))
-  [[ -n $member_name && $member_name == "$name" ]] && continue
-  label=${member_name:-"unstarted member $id"}
-  survivors+=("$label")
-  survivor_urls[$label]=$client_urls
-done <<<"${members//, /|}"
+# 2. etcd's membership (km_etcd_members).
+km_etcd_members "$name" || km_die "could not list etcd's members; nothing was changed"
+member_id=$km_member_id
 
 # 3. The guard, before anything changes.
 if [[ -z $member_id ]]; then
   km_log "$name is not an etcd member; leaving etcd as it is"
-elif $member_is_learner; then
+elif $km_member_is_learner; then
   km_log "$name is an etcd learner: it does not vote, so removing it leaves the quorum as it is"
 else
-  # Health of every member's client URLs; exits non-zero when one is unhealthy, printing the JSON
-  # all the same. A survivor is healthy when one of its client URLs is; one that cannot commit a
-  # read within 3 s (etcdctl's default is 5) is not one to count on for a quorum.
-  health=$(km_etcdctl endpoint health --cluster -w json --command-timeout=3s 2>/dev/null) || true
-  jq -e 'type == "array"' <<<"$health" >/dev/null 2>&1 ||
-    km_die "could not read etcd's endpoint health (etcdctl printed: ${health:-nothing}); nothing was changed"
-  healthy_urls=$(jq -r '.[] | select(.health == true) | .endpoint' <<<"$health")
-  unhealthy=()
-  for label in "${survivors[@]}"; do
-    up=false
-    IFS=, read -ra urls <<<"${survivor_urls[$label]}"
-    for url in "${urls[@]}"; do
-      grep -qxF -- "$url" <<<"$healthy_urls" && up=true
-    done
-    $up || unhealthy+=("$label")
-  done
-  remaining=${#survivors[@]}
-  healthy=$((remaining - ${#unhealthy[@]}))
+  # A survivor is healthy when one of its client URLs answers.
+  km_etcd_health ||
+    km_die "could not read etcd's endpoint health (etcdctl printed: ${km_health_output:-nothing}); nothing was changed"
+  km_etcd_unhealthy_survivors
+  remaining=${#km_survivors[@]}
+  healthy=$((remaining - ${#km_unhealthy[@]}))
   quorum=$((remaining / 2 + 1))
-  km_log "etcd: $voters voting members; without $name, $healthy of $remaining healthy (quorum $quorum)"
+  km_log "etcd: $km_voters voting members; without $name, $healthy of $remaining healthy (quorum $quorum)"
   if ((healthy < quorum)); then
-    km_die "removing $name from etcd would leave it without quorum: of the $remaining members that would remain, $healthy healthy where $quorum are needed; unhealthy: ${unhealthy[*]}. Bring them back first, then run pulumi up again; nothing was changed"
+    km_die "removing $name from etcd would leave it without quorum: of the $remaining members that would remain, $healthy healthy where $quorum are needed; unhealthy: ${km_unhealthy[*]}. Bring them back first, then run pulumi up again; nothing was changed"
   fi
-  if ((voters >= 3 && remaining < 3)) && [[ $policy != allowed ]]; then
+  if ((km_voters >= 3 && remaining < 3)) && [[ $policy != allowed ]]; then
     km_die "removing $name would leave etcd with $remaining member(s), which tolerate no member failure: one control plane down would stop the cluster. To go below 3 control planes anyway: pulumi config set allowControlPlaneShrink true, then pulumi up again; or keep controlPlaneCount as it was; nothing was changed"
   fi
 fi

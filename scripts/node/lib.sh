@@ -126,6 +126,67 @@ km_etcdctl() {
     --key=/etc/kubernetes/pki/etcd/healthcheck-client.key "$@"
 }
 
+# km_etcd_members NAME: etcd's membership as it bears on member NAME. `member list -w simple`
+# prints the IDs in hex (its JSON holds them as 64-bit integers, which jq would round) and one
+# line per member: ID, STATUS, NAME, PEER ADDRS, CLIENT ADDRS, IS LEARNER, the URLs of a field
+# separated by "," alone. An unstarted member has no name and no client URLs yet; a learner does
+# not vote, so it counts for neither the quorum nor the survivors. Sets km_member_id (empty: NAME
+# is no member), km_member_urls, km_member_is_learner, km_voters (voting members, NAME's
+# included), km_survivors (the other voting members, by name or "unstarted member ID") and
+# km_survivor_urls (their client URLs, by that label). Returns 1 when etcd cannot be listed.
+# shellcheck disable=SC2034 # read by the step scripts
+km_etcd_members() {
+  local name=$1 members id member_name client_urls is_learner label
+  members=$(km_etcdctl member list -w simple) || return 1
+  km_member_id="" km_member_urls="" km_member_is_learner=false km_voters=0
+  km_survivors=()
+  declare -gA km_survivor_urls=()
+  while IFS='|' read -r id _ member_name _ client_urls is_learner; do
+    [[ -n $id ]] || continue
+    if [[ -n $member_name && $member_name == "$name" ]]; then
+      km_member_id=$id
+      km_member_urls=$client_urls
+      [[ $is_learner == true ]] && km_member_is_learner=true
+    fi
+    [[ $is_learner == true ]] && continue
+    km_voters=$((km_voters + 1))
+    [[ -n $member_name && $member_name == "$name" ]] && continue
+    label=${member_name:-"unstarted member $id"}
+    km_survivors+=("$label")
+    km_survivor_urls[$label]=$client_urls
+  done <<<"${members//, /|}"
+}
+
+# km_etcd_health: which client URLs answer (`endpoint health --cluster`, which exits non-zero when
+# one is unhealthy, printing the JSON all the same; one that cannot commit a read within 3 s,
+# etcdctl's default being 5, is not one to count on for a quorum). Sets km_healthy_urls, one a
+# line, and km_health_output (what etcdctl printed); returns 1 when that is no health report.
+km_etcd_health() {
+  km_health_output=$(km_etcdctl endpoint health --cluster -w json --command-timeout=3s 2>/dev/null) || true
+  jq -e 'type == "array"' <<<"$km_health_output" >/dev/null 2>&1 || return 1
+  km_healthy_urls=$(jq -r '.[] | select(.health == true) | .endpoint' <<<"$km_health_output")
+}
+
+# km_etcd_healthy URLS: one of these comma-separated client URLs answered km_etcd_health.
+km_etcd_healthy() {
+  local url urls
+  IFS=, read -ra urls <<<"$1"
+  for url in "${urls[@]}"; do
+    grep -qxF -- "$url" <<<"$km_healthy_urls" && return 0
+  done
+  return 1
+}
+
+# km_etcd_unhealthy_survivors: sets km_unhealthy, the survivors (km_etcd_members) none of whose
+# client URLs answered (km_etcd_health).
+km_etcd_unhealthy_survivors() {
+  local label
+  km_unhealthy=()
+  for label in "${km_survivors[@]}"; do
+    km_etcd_healthy "${km_survivor_urls[$label]}" || km_unhealthy+=("$label")
+  done
+}
+
 # km_with_certificate_key CONFIG KEY: the kubeadm config file with `certificateKey: KEY` added to
 # its InitConfiguration, on stdout (the program renders that document without it, so the key
 # never travels on a command line nor stays on disk). Pure bash: a key handed to sed or awk would
