@@ -33,6 +33,7 @@ import pytest
 from etcd_cluster import EtcdCluster, EtcdPool, require_etcd
 from harness import ROOT, require_tool
 from node_sandbox import Sandbox, require_sandbox
+from systemd_units import calendar_elapses, verify
 
 from components import backup_config
 from components.node_provisioning import SCRIPTS_DIR, NodeStep
@@ -726,30 +727,12 @@ def test_the_timer_runs_at_fixed_hours_catches_up_and_spreads_the_nodes():
 
 @pytest.mark.parametrize("hours", backup_config.INTERVAL_HOURS)
 def test_the_calendar_expression_elapses_every_interval(hours):
-    require_tool("systemd-analyze", "systemd")
-    (expression,) = (
-        line.removeprefix("OnCalendar=")
-        for line in backup_config.render_backup_timer(hours).splitlines()
-        if line.startswith("OnCalendar=")
-    )
-    shown = subprocess.run(
-        ["systemd-analyze", "calendar", "--iterations=3", "--base-time=2030-01-01 00:30:00 UTC", expression],
-        env={**os.environ, "TZ": "UTC"},
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    times = [
-        line.split(": ", 1)[1].strip()
-        for line in shown.splitlines()
-        if "Next elapse:" in line or "Iter. #" in line
-    ]
+    times, shown = calendar_elapses(backup_config.render_backup_timer(hours), "2030-01-01 00:30:00 UTC")
     expected_hours = [(hours * i) % 24 for i in range(1, 4)]
     assert [t.split()[2][:5] for t in times] == [f"{h:02d}:00" for h in expected_hours], shown
 
 
 def test_the_units_pass_systemd_analyze_verify(tmp_path):
-    require_tool("systemd-analyze", "systemd")
     script = install_backup(tmp_path / "sbin")
     service = tmp_path / backup_config.BACKUP_SERVICE
     timer = tmp_path / backup_config.BACKUP_TIMER
@@ -757,10 +740,8 @@ def test_the_units_pass_systemd_analyze_verify(tmp_path):
         backup_config.render_backup_service(BUCKET, PREFIX, "kata-mesh-dev-cp-0", 4, script_path=str(script))
     )
     timer.write_text(backup_config.render_backup_timer(backup_config.DEFAULT_INTERVAL_HOURS))
-    verify = subprocess.run(
-        ["systemd-analyze", "verify", str(service), str(timer)], capture_output=True, text=True, timeout=30
-    )
-    assert verify.returncode == 0 and verify.stderr == "", verify.stderr
+    verified = verify(service, timer)
+    assert verified.returncode == 0 and verified.stderr == "", verified.stderr
     exec_start = next(line for line in service.read_text().splitlines() if line.startswith("ExecStart="))
     assert exec_start == (
         f"ExecStart={script} --bucket {BUCKET} --prefix {PREFIX} --node-name kata-mesh-dev-cp-0"
@@ -771,9 +752,7 @@ def test_the_units_pass_systemd_analyze_verify(tmp_path):
     service.write_text(
         backup_config.render_backup_service(BUCKET, PREFIX, "cp-0", script_path=str(tmp_path / "absent"))
     )
-    missing = subprocess.run(
-        ["systemd-analyze", "verify", str(service)], capture_output=True, text=True, timeout=30
-    )
+    missing = verify(service)
     assert missing.returncode != 0 and "absent" in missing.stderr
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from pathlib import Path
 import pytest
 from harness import ROOT, require_tool
 from node_sandbox import Result, Sandbox, require_sandbox
+from systemd_units import calendar_elapses, verify
 
 from components import cert_renewal
 from components.node_provisioning import SCRIPTS_DIR, NodeStep
@@ -495,24 +495,7 @@ def test_the_timer_checks_weekly_catches_up_and_spreads_the_control_planes():
 
 
 def test_the_timer_elapses_once_a_week():
-    require_tool("systemd-analyze", "systemd")
-    (expression,) = (
-        line.removeprefix("OnCalendar=")
-        for line in cert_renewal.render_renewal_timer().splitlines()
-        if line.startswith("OnCalendar=")
-    )
-    shown = subprocess.run(
-        ["systemd-analyze", "calendar", "--iterations=3", "--base-time=2030-01-02 12:00:00 UTC", expression],
-        env={**os.environ, "TZ": "UTC"},
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    times = [
-        line.split(": ", 1)[1].strip()
-        for line in shown.splitlines()
-        if "Next elapse:" in line or "Iter. #" in line
-    ]
+    times, shown = calendar_elapses(cert_renewal.render_renewal_timer(), "2030-01-02 12:00:00 UTC")
     assert times == [
         "Mon 2030-01-07 00:00:00 UTC",
         "Mon 2030-01-14 00:00:00 UTC",
@@ -521,7 +504,6 @@ def test_the_timer_elapses_once_a_week():
 
 
 def test_the_units_pass_systemd_analyze_verify(tmp_path):
-    require_tool("systemd-analyze", "systemd")
     script = tmp_path / "sbin" / Path(cert_renewal.RENEW_SCRIPT_PATH).name
     script.parent.mkdir()
     shutil.copyfile(SCRIPTS_DIR / cert_renewal.RENEW_SCRIPT, script)
@@ -530,15 +512,11 @@ def test_the_units_pass_systemd_analyze_verify(tmp_path):
     timer = tmp_path / cert_renewal.RENEW_TIMER
     service.write_text(cert_renewal.render_renewal_service(script_path=str(script)))
     timer.write_text(cert_renewal.render_renewal_timer())
-    verify = subprocess.run(
-        ["systemd-analyze", "verify", str(service), str(timer)], capture_output=True, text=True, timeout=30
-    )
-    assert verify.returncode == 0 and verify.stderr == "", verify.stderr
+    verified = verify(service, timer)
+    assert verified.returncode == 0 and verified.stderr == "", verified.stderr
     # verify does read ExecStart: a script that is not there fails it.
     service.write_text(cert_renewal.render_renewal_service(script_path=str(tmp_path / "absent")))
-    missing = subprocess.run(
-        ["systemd-analyze", "verify", str(service)], capture_output=True, text=True, timeout=30
-    )
+    missing = verify(service)
     assert missing.returncode != 0 and "absent" in missing.stderr
 
 
