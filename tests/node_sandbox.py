@@ -105,6 +105,38 @@ exit 1
 """
 
 
+# km_etcdctl's calls as the crictl stand-in records them: finding the etcd container, then
+# etcdctl in it as a client of the local member with kubeadm's certificates.
+CRICTL_PS = "crictl ps --name ^etcd$ --state Running -q"
+ETCDCTL = (
+    f"crictl exec {ETCD_CONTAINER_ID} etcdctl --endpoints=https://127.0.0.1:2379"
+    " --cacert=/etc/kubernetes/pki/etcd/ca.crt --cert=/etc/kubernetes/pki/etcd/healthcheck-client.crt"
+    " --key=/etc/kubernetes/pki/etcd/healthcheck-client.key "
+)
+
+
+def etcd_steps(result: Result) -> list[str]:
+    """The calls, each `crictl exec <etcd container> etcdctl <client flags> ARGS` (after the
+    `crictl ps` that found the container) shown as `etcdctl ARGS`."""
+    shown: list[str] = []
+    for i, call in enumerate(result.calls):
+        if call == CRICTL_PS:
+            assert result.calls[i + 1].startswith(ETCDCTL), result.calls
+        elif call.startswith(ETCDCTL):
+            assert result.calls[i - 1] == CRICTL_PS, result.calls
+            shown.append("etcdctl " + call.removeprefix(ETCDCTL))
+        else:
+            shown.append(call)
+    return shown
+
+
+def step_error(result: Result) -> str:
+    """The step's error message (km_die's last line)."""
+    lines = [line for line in result.stderr.splitlines() if line.startswith("[kata-mesh] ERROR: ")]
+    assert lines, result.stderr
+    return lines[-1].removeprefix("[kata-mesh] ERROR: ")
+
+
 @dataclass
 class Result:
     returncode: int

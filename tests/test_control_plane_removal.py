@@ -16,7 +16,9 @@ from pathlib import Path
 
 import pytest
 from etcd_cluster import EtcdCluster, EtcdPool, require_etcd
-from node_sandbox import ETCD_CONTAINER_ID, Result, Sandbox, require_sandbox
+from node_sandbox import Sandbox, require_sandbox
+from node_sandbox import etcd_steps as steps
+from node_sandbox import step_error as error
 
 from components.node_provisioning import NodeStep
 
@@ -25,12 +27,6 @@ pytestmark = pytest.mark.system
 
 POLICY_FILE = "/etc/kata-mesh/control-plane-policy"
 THREE = {"cp-0": "voter", "cp-1": "voter", "cp-2": "voter"}
-CRICTL_PS = "crictl ps --name ^etcd$ --state Running -q"
-ETCDCTL = (
-    f"crictl exec {ETCD_CONTAINER_ID} etcdctl --endpoints=https://127.0.0.1:2379"
-    " --cacert=/etc/kubernetes/pki/etcd/ca.crt --cert=/etc/kubernetes/pki/etcd/healthcheck-client.crt"
-    " --key=/etc/kubernetes/pki/etcd/healthcheck-client.key "
-)
 MEMBER_LIST = "etcdctl member list -w simple"
 HEALTH = "etcdctl endpoint health --cluster -w json --command-timeout=3s"
 
@@ -97,28 +93,6 @@ def removal_step(name: str = "cp-2", timeout: str = "120") -> NodeStep:
         "85-remove-control-plane.sh",
         (("node-name", name), ("policy-file", POLICY_FILE), ("timeout-seconds", timeout)),
     )
-
-
-def steps(result: Result) -> list[str]:
-    """The calls, each `crictl exec <etcd container> etcdctl <client flags> ARGS` (after the
-    `crictl ps` that found the container) shown as `etcdctl ARGS`."""
-    shown: list[str] = []
-    for i, call in enumerate(result.calls):
-        if call == CRICTL_PS:
-            assert result.calls[i + 1].startswith(ETCDCTL), result.calls
-        elif call.startswith(ETCDCTL):
-            assert result.calls[i - 1] == CRICTL_PS, result.calls
-            shown.append("etcdctl " + call.removeprefix(ETCDCTL))
-        else:
-            shown.append(call)
-    return shown
-
-
-def error(result: Result) -> str:
-    """The step's error message (km_die's last line)."""
-    lines = [line for line in result.stderr.splitlines() if line.startswith("[kata-mesh] ERROR: ")]
-    assert lines, result.stderr
-    return lines[-1].removeprefix("[kata-mesh] ERROR: ")
 
 
 # --- 55: the policy file --------------------------------------------------------------------------

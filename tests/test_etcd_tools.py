@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from node_sandbox import Result, Sandbox, require_sandbox
+from node_sandbox import step_error as error
 
 from components.backups import etcd_tools_step
 
@@ -109,12 +110,6 @@ def node(tmp_path: Path) -> Sandbox:
 
 def run(node: Sandbox) -> Result:
     return node.run(etcd_tools_step(KUBERNETES_VERSION))
-
-
-def error(result: Result) -> str:
-    lines = [line for line in result.stderr.splitlines() if line.startswith("[kata-mesh] ERROR: ")]
-    assert lines, result.stderr
-    return lines[-1].removeprefix("[kata-mesh] ERROR: ")
 
 
 def mount_dir(result: Result) -> str:
