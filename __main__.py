@@ -190,6 +190,7 @@ cluster = KubeadmCluster(
         ],
         allow_control_plane_shrink=settings.allow_control_plane_shrink,
         before_init=[restore.restore],
+        rejoin=restore.rejoin,
         kubeconfig_period=kubeconfig_period(datetime.datetime.now(datetime.UTC).date()),
     ),
 )

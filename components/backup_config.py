@@ -142,9 +142,11 @@ def restore_args(
     backup_object: str = "",
     metadata_url: str = METADATA_TOKEN_URL,
     storage_url: str = STORAGE_URL,
+    rejoining: bool = False,
 ) -> tuple[tuple[str, str], ...]:
     """45-restore-control-plane.sh's arguments on the first control plane (backup_object: a
-    backup to restore instead of the newest, PREFIX/<time>-<node>)."""
+    backup to restore instead of the newest, PREFIX/<time>-<node>; rejoining: it joins the control
+    planes that survive, and nothing is restored)."""
     return (
         ("bucket", _check(_BUCKET, bucket, "bucket")),
         ("prefix", _check(_PREFIX, prefix, "prefix")),
@@ -156,4 +158,5 @@ def restore_args(
         ("backup-object", backup_object),
         ("metadata-url", metadata_url),
         ("storage-url", storage_url),
+        ("rejoining", "true" if rejoining else "false"),
     )

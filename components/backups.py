@@ -14,6 +14,7 @@ import pulumi_gcp as gcp
 import pulumi_random as random
 
 from components import backup_config, node_config
+from components.cluster import CERTIFICATE_KEY_BYTES, JOIN_TOKEN_TTL, NODE_REMOVAL_TIMEOUT_SECONDS, Rejoin
 from components.node_provisioning import NodeStep, b64, remote_step, script_source, ssh_connection
 from components.nodes import NodeVm
 
@@ -24,6 +25,12 @@ ETCD_TOOLS = ("etcdctl", "etcdutl")
 BIN_DIR = "/usr/local/bin"
 # Installs a script with the systemd service and timer that run it (backups, certificate renewal).
 INSTALL_TIMER_SCRIPT = "75-install-timer.sh"
+# On a surviving control plane, when the first one is on a new VM: its join (a rejoin).
+REJOIN_TOKEN_SCRIPT = "62-rejoin-token.sh"
+# How long the survivor waits for its own API server before it refuses.
+SURVIVOR_API_TIMEOUT_SECONDS = 300
+# The fewest control planes with which one can be lost and the others keep etcd's quorum.
+CONTROL_PLANES_TO_SURVIVE_ONE = 3
 # What the nodes may do there: add objects (never replace or delete one) and read them back.
 NODE_ROLES = ("roles/storage.objectCreator", "roles/storage.objectViewer")
 
@@ -134,13 +141,31 @@ class ControlPlaneRestoreArgs:
     bucket_access: Sequence[pulumi.Resource]
 
 
+def rejoin_token_step(node_name: str) -> NodeStep:
+    """62-rejoin-token.sh on the second control plane, for the first one (node_name)."""
+    return NodeStep(
+        "rejoin-token",
+        REJOIN_TOKEN_SCRIPT,
+        (
+            ("node-name", node_name),
+            ("ttl", JOIN_TOKEN_TTL),
+            ("timeout-seconds", str(NODE_REMOVAL_TIMEOUT_SECONDS)),
+            ("api-timeout-seconds", str(SURVIVOR_API_TIMEOUT_SECONDS)),
+        ),
+    )
+
+
 class ControlPlaneRestore(pulumi.ComponentResource):
-    """The etcd tools on every control plane, then, on a new first control plane, the newest backup
-    (or backup_object) restored before `kubeadm init`: the cluster comes back with its CA and data.
-    With no backup in the bucket the step does nothing and init makes a new cluster."""
+    """How a new VM of the first control plane comes back as the same cluster. With 3 or more
+    control planes, the second one is asked first: while it serves, the new VM joins it and the
+    others (rejoin). Otherwise the newest backup (or backup_object) is restored before `kubeadm
+    init`: the cluster comes back with its CA and data. With no backup in the bucket nothing is
+    restored and init makes a new cluster. The etcd tools go on every control plane."""
 
     tools: dict[str, command.remote.Command]
     restore: command.remote.Command
+    # None with a single control plane: nothing can survive it.
+    rejoin: Rejoin | None
 
     def __init__(
         self, name: str, args: ControlPlaneRestoreArgs, opts: pulumi.ResourceOptions | None = None
@@ -158,13 +183,44 @@ class ControlPlaneRestore(pulumi.ComponentResource):
             for vm in args.control_planes
         }
         cp = args.control_planes[0]
-        restore_args = pulumi.Output.all(args.bucket, cp.internal_ip).apply(
+        self.rejoin = None
+        rejoining: pulumi.Output[bool] = pulumi.Output.from_input(False)
+        asked: list[pulumi.Resource] = []
+        if len(args.control_planes) >= CONTROL_PLANES_TO_SURVIVE_ONE:
+            survivor = args.control_planes[1]
+            certificate_key = random.RandomBytes(
+                f"{cp.node_name}-rejoin-certificate-key",
+                length=CERTIFICATE_KEY_BYTES,
+                opts=pulumi.ResourceOptions(parent=self),
+            )
+            # Once per new first-control-plane VM, never for a new script: run later, it would
+            # make a join for a VM that is initialised already.
+            token = remote_step(
+                f"{cp.node_name}-rejoin-token",
+                rejoin_token_step(cp.node_name),
+                ssh_connection(survivor.ssh),
+                pulumi.ResourceOptions(parent=self, depends_on=[args.provisioned[survivor.node_name]]),
+                extra_triggers=[cp.instance_id],
+                secret_stdout=True,
+                secret_args=certificate_key.hex.apply(lambda key: (("certificate-key", key),)),
+                rerun_on_change=False,
+            )
+            self.rejoin = Rejoin(
+                join_command=pulumi.Output.secret(token.stdout),
+                certificate_key=certificate_key.hex,
+                via=pulumi.Output.from_input(survivor.internal_ip),
+            )
+            # Whether a join was made says nothing of the token in it.
+            rejoining = pulumi.Output.unsecret(token.stdout.apply(lambda out: bool(out.strip())))
+            asked.append(token)
+        restore_args = pulumi.Output.all(args.bucket, cp.internal_ip, rejoining).apply(
             lambda values: backup_config.restore_args(
                 values[0],
                 args.prefix,
                 cp.node_name,
                 backup_config.etcd_peer_url(values[1]),
                 backup_object=args.backup_object,
+                rejoining=values[2],
             )
         )
         # A new VM only (its instance id): a running first control plane is never restored over.
@@ -172,7 +228,9 @@ class ControlPlaneRestore(pulumi.ComponentResource):
             f"{cp.node_name}-restore",
             NodeStep("restore-control-plane", backup_config.RESTORE_SCRIPT, ()),
             ssh_connection(cp.ssh),
-            pulumi.ResourceOptions(parent=self, depends_on=[self.tools[cp.node_name], *args.bucket_access]),
+            pulumi.ResourceOptions(
+                parent=self, depends_on=[self.tools[cp.node_name], *args.bucket_access, *asked]
+            ),
             extra_triggers=[cp.instance_id],
             args=restore_args,
         )

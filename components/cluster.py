@@ -46,6 +46,7 @@ KATA_LABEL = "=".join(KATA_NODE_LABEL)
 NODE_REMOVAL_TIMEOUT_SECONDS = 120
 NODES_READY_TIMEOUT_SECONDS = 900
 ADMIN_CONF = "/etc/kubernetes/admin.conf"
+CLUSTER_CA_CERTIFICATE = "/etc/kubernetes/pki/ca.crt"
 # Where the init and control-plane join steps put the API server's files: the paths the
 # ClusterConfiguration gives every control plane's API server.
 API_SERVER_FILES = (
@@ -53,6 +54,19 @@ API_SERVER_FILES = (
     ("audit-policy-file", AUDIT_POLICY_FILE),
     ("audit-log-dir", AUDIT_LOG_DIR),
 )
+
+
+@dataclass(frozen=True)
+class Rejoin:
+    """How a new VM of the first control plane joins the control planes that survive it
+    (components/backups.py, ControlPlaneRestore, made it on one of them)."""
+
+    # `kubeadm token create --print-join-command` printed there, or "" when nothing survives.
+    join_command: pulumi.Output[str]
+    # The key the control-plane certificates were uploaded with for this join.
+    certificate_key: pulumi.Output[str]
+    # That survivor's internal address: its API server answers the join.
+    via: pulumi.Output[str]
 
 
 @dataclass(frozen=True)
@@ -80,6 +94,8 @@ class ClusterArgs:
     before_init: Sequence[pulumi.Resource] = ()
     # admin.conf is read again whenever this changes (kubeconfig_period: once a month).
     kubeconfig_period: str = ""
+    # With 3 or more control planes: the first one's new VM joins the survivors, if any.
+    rejoin: Rejoin | None = None
 
 
 def node_registration(
@@ -191,8 +207,14 @@ class KubeadmCluster(pulumi.ComponentResource):
             ),
             extra_triggers=[cp.instance_id],
             args=init_args,
-            secret_args=pulumi.Output.all(self.certificate_key.hex, self.encryption_config_b64).apply(
-                lambda values: (("certificate-key", values[0]), ("encryption-config-b64", values[1]))
+            secret_args=pulumi.Output.all(
+                self.certificate_key.hex, self.encryption_config_b64, self._rejoin_args(cp, args.rejoin)
+            ).apply(
+                lambda values: (
+                    ("certificate-key", values[0]),
+                    ("encryption-config-b64", values[1]),
+                    *values[2],
+                )
             ),
         )
         self.admin_conf = command.remote.Command(
@@ -220,12 +242,23 @@ class KubeadmCluster(pulumi.ComponentResource):
         self.admin_certificate_expiry = tls.get_certificate_output(
             content=admin_certificate, opts=pulumi.InvokeOutputOptions(parent=self)
         ).certificates.apply(lambda certificates: certificates[0].not_after)
+        # The cluster is its CA: a restored or rejoined first control plane brings the same one
+        # back. Read once per VM, not with each init (a new script re-runs init on the same
+        # cluster), so that the provider is replaced, with every object it made, only for a
+        # cluster that is new.
+        self.cluster_ca = command.remote.Command(
+            f"{name}-cluster-ca",
+            connection=cp_connection,
+            create=f"openssl x509 -noout -fingerprint -sha256 -in {CLUSTER_CA_CERTIFICATE}",
+            triggers=[cp.instance_id],
+            add_previous_output_in_env=False,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.init]),
+        )
         self.provider = k8s.Provider(
             f"{name}-k8s",
             kubeconfig=self.kubeconfig,
-            # The same cluster as long as init is the same: admin.conf read again (each month, a
-            # renewed certificate) updates the provider instead of replacing every object it made.
-            cluster_identifier=self.init.id,
+            # admin.conf read again (each month, a renewed certificate) updates the provider.
+            cluster_identifier=self.cluster_ca.stdout,
             opts=pulumi.ResourceOptions(parent=self, depends_on=[self.init]),
         )
         self.pod_network = self._flannel(name, args.pod_cidr)
@@ -263,6 +296,27 @@ class KubeadmCluster(pulumi.ComponentResource):
             extra_triggers=[self.init.id],
         )
         self.register_outputs({"kubeconfig": self.kubeconfig})
+
+    def _rejoin_args(
+        self, cp: NodeVm, rejoin: Rejoin | None
+    ) -> pulumi.Output[tuple[tuple[str, str], ...]]:
+        """50-kubeadm-init.sh's arguments to join the survivors instead of init: none when there
+        are none."""
+        if rejoin is None:
+            return pulumi.Output.from_input(())
+        takes_workloads = self.control_planes_take_workloads
+
+        def render(values: list[str]) -> tuple[tuple[str, str], ...]:
+            join_command, key, via, internal_ip = values
+            if not join_command.strip():
+                return ()
+            node = node_registration(cp.node_name, internal_ip, takes_workloads, control_plane=True)
+            config = render_join_config(node, parse_join_command(join_command), certificate_key=key)
+            return (("join-config-b64", b64(config)), ("rejoin-via", via))
+
+        return pulumi.Output.all(
+            rejoin.join_command, rejoin.certificate_key, rejoin.via, cp.internal_ip
+        ).apply(render)
 
     def _backend(
         self, vm: NodeVm, args: ClusterArgs, after: Sequence[pulumi.Resource]

@@ -176,6 +176,13 @@ MOCK_CA_HASH = "sha256:" + "c" * 64
 # A real client certificate (openssl, like kubeadm's admin certificate: O=kubeadm:cluster-admins), so
 # the program's expiry output comes from a certificate's own notAfter.
 ADMIN_CLIENT_CERT = (Path(__file__).parent / "samples" / "admin-client.crt").read_text()
+MOCK_CA_FINGERPRINT = subprocess.run(
+    ["openssl", "x509", "-noout", "-fingerprint", "-sha256"],
+    input=ADMIN_CLIENT_CERT,
+    capture_output=True,
+    text=True,
+    check=True,
+).stdout
 MOCK_ADMIN_CONF = f"""apiVersion: v1
 kind: Config
 clusters:
@@ -290,10 +297,14 @@ COMPUTE_API = "https://www.googleapis.com/compute/v1"
 
 
 class KataMeshMocks(pulumi_mocks.Mocks):
-    """Computes the outputs the real providers would; in a preview, only inputs come back."""
+    """Computes the outputs the real providers would; in a preview, only inputs come back.
 
-    def __init__(self, preview: bool) -> None:
+    survivors: the first control plane's VM is new while the others serve, so the rejoin step on
+    the second one prints a join (by default nothing survives it: a stack's first `pulumi up`)."""
+
+    def __init__(self, preview: bool, survivors: bool = False) -> None:
         self.preview = preview
+        self.survivors = survivors
 
     def new_resource(self, args: pulumi_mocks.MockResourceArgs) -> tuple[str | None, dict]:
         state = dict(args.inputs)
@@ -319,6 +330,8 @@ class KataMeshMocks(pulumi_mocks.Mocks):
             )
         elif args.typ == "gcp:serviceaccount/account:Account":
             state["email"] = f"{state['accountId']}@kata-mesh-test.iam.gserviceaccount.com"
+        elif args.typ == "command:remote:Command" and args.name.endswith("-rejoin-token"):
+            state["stdout"] = self.command_stdout(state, args.name) if self.survivors else ""
         elif args.typ == "command:remote:Command":
             state["stdout"] = self.command_stdout(state, args.name)
         elif args.typ == "random:index/randomId:RandomId":
@@ -350,6 +363,9 @@ class KataMeshMocks(pulumi_mocks.Mocks):
             return f"kubeadm join {api}:6443 --token {MOCK_TOKEN} --discovery-token-ca-cert-hash {MOCK_CA_HASH} \n"
         if text("create").endswith("cat /etc/kubernetes/admin.conf"):
             return MOCK_ADMIN_CONF
+        if text("create").startswith("openssl x509 -noout -fingerprint -sha256 -in "):
+            # The cluster CA's fingerprint, as openssl prints it (of the sample certificate).
+            return MOCK_CA_FINGERPRINT
         stack = pulumi.get_stack()
         if name.endswith("-kata-evidence"):
             return json.dumps(sample_evidence(name.removesuffix("-kata-evidence")))

@@ -789,6 +789,8 @@ def test_restore_arguments_name_kubeadms_paths_and_this_nodes_peer_url():
         "backup-object": "",
         "metadata-url": "http://169.254.169.254/computeMetadata/v1/instance/service-accounts/default/token",
         "storage-url": "https://storage.googleapis.com",
+        # Nothing survives it: a restore, or a new cluster.
+        "rejoining": "false",
     }
 
 

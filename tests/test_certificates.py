@@ -74,7 +74,15 @@ def test_the_provider_is_replaced_only_with_a_new_cluster_not_with_a_reread_admi
     program = cached_run("dev")
     [provider] = [r for r in program.registrations if r.type == "pulumi:providers:kubernetes"]
     # pulumi-kubernetes replaces a provider only when clusterIdentifier changes (its docs): the
-    # init step's id (the mock engine's ids are "<name>-id"), which a new admin.conf leaves alone.
-    assert provider.inputs["clusterIdentifier"] == "cluster-init-id"
+    # cluster CA's fingerprint, as openssl prints it on cp-0, read once per VM.
+    cluster_ca = program.one("command:remote:Command", "cluster-cluster-ca")
+    assert cluster_ca.inputs["create"] == "openssl x509 -noout -fingerprint -sha256 -in /etc/kubernetes/pki/ca.crt"
+    assert provider.inputs["clusterIdentifier"] == program.states[cluster_ca.urn]["stdout"]
+    assert provider.inputs["clusterIdentifier"].startswith("sha256 Fingerprint=")
+    # Not re-read with init (a new script re-runs init on the same cluster), nor monthly.
+    cp0 = program.one("gcp:compute/instance:Instance", "kata-mesh-dev-cp-0")
+    assert cluster_ca.inputs["triggers"] == [program.states[cp0.urn]["instanceId"]]
+    init = program.one("command:remote:Command", "cluster-init")
+    assert init.urn in cluster_ca.dependencies
     admin_conf = program.one("command:remote:Command", "cluster-admin-conf")
     assert "cluster-init-id" in admin_conf.inputs["triggers"]

@@ -19,8 +19,14 @@
 # node this step restored before (a second run changes nothing). A run interrupted after it began
 # to change the node (the marker says `state=restoring`) starts again.
 #
+# With --rejoining true (62-rejoin-token.sh found control planes that survive, and made a join for
+# this one) nothing is restored: their data is newer than any backup; 50-kubeadm-init.sh joins them.
+#
 # etcdutl (etcd 3.5+) reads and restores snapshots when it is there; else etcdctl (etcd 3.4 does
-# both; 3.6's no longer can).
+# both; 3.6's no longer can). An etcdutl that can (3.5.10+, 3.6) moves the restored revision on by
+# a billion and marks it compacted, as Kubernetes asks of a restore: every watch that outlived the
+# old cluster (the survivors' controllers, kubelets) then relists, rather than waiting for
+# revisions it saw before the restore to come again with other contents.
 set -euo pipefail
 if ! declare -F km_parse_args >/dev/null; then
   # shellcheck source=lib.sh
@@ -40,6 +46,7 @@ arg_backup_object=""
 arg_metadata_url=http://169.254.169.254/computeMetadata/v1/instance/service-accounts/default/token
 arg_storage_url=https://storage.googleapis.com
 arg_retries=5
+arg_rejoining=false
 km_parse_args "$@"
 km_require_args bucket prefix node_name peer_url data_dir pki_dir marker_file metadata_url storage_url
 [[ $arg_bucket =~ ^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$ ]] || km_die "--bucket is not a bucket name: $arg_bucket"
@@ -52,9 +59,20 @@ for path in "$arg_data_dir" "$arg_pki_dir" "$arg_marker_file"; do
   [[ $path == /?*/?* && $path != */ ]] || km_die "not an absolute path in a folder: $path"
 done
 [[ $arg_retries =~ ^[0-9]+$ ]] || km_die "--retries must be a whole number, not: $arg_retries"
+case $arg_rejoining in
+  true)
+    km_log "other control planes survive: $arg_node_name joins them (their data is newer than any backup); nothing restored"
+    exit 0
+    ;;
+  false) ;;
+  *) km_die "--rejoining must be true or false, not: $arg_rejoining" ;;
+esac
 # The kubeadm files every control plane shares (what `kubeadm init --upload-certs` shares).
 shared_pki=(ca.crt ca.key sa.key sa.pub front-proxy-ca.crt front-proxy-ca.key etcd/ca.crt etcd/ca.key)
 where="gs://$arg_bucket/$arg_prefix/"
+# What Kubernetes' etcd restore guide bumps by: more than the writes any cluster makes between two
+# backups.
+revision_bump=1000000000
 
 # 1. What this node is: restored already, or no new VM, or a restore interrupted half-way.
 marker_state=""
@@ -179,9 +197,13 @@ if ! $snapshot_tool snapshot status "$work/etcd.db" -w json >"$work/status.json"
 fi
 # Restore checks the sha256 that `snapshot save` appended: a snapshot damaged before its upload
 # stops here. The member is this node, alone, at its own peer URL, as kubeadm's etcd will run it.
+bump=()
+if [[ $snapshot_tool == etcdutl ]] && etcdutl snapshot restore --help 2>&1 | grep -q -- --bump-revision; then
+  bump=(--bump-revision "$revision_bump" --mark-compacted)
+fi
 if ! $snapshot_tool snapshot restore "$work/etcd.db" --name "$arg_node_name" \
   --initial-cluster "$arg_node_name=$arg_peer_url" --initial-advertise-peer-urls "$arg_peer_url" \
-  --data-dir "$work/etcd" >"$work/tool.log" 2>&1; then
+  --data-dir "$work/etcd" "${bump[@]}" >"$work/tool.log" 2>&1; then
   refuse "etcd.db does not restore ($snapshot_tool snapshot restore: $(tool_error))"
 fi
 # Our own tarball holds ./ and names below it; anything else (an absolute path, ..) is refused.
@@ -211,4 +233,5 @@ rm -rf -- "$arg_data_dir"
 chmod 0700 "$work/etcd"
 mv -- "$work/etcd" "$arg_data_dir"
 km_put_file "$arg_marker_file" 0644 "$(printf 'backup=%s\nrevision=%s\nstate=complete' "$source_name" "$revision")"
+((${#bump[@]} == 0)) || revision="$revision, moved on by $revision_bump and compacted"
 km_log "restored $source_name (etcd revision $revision): member $arg_node_name at $arg_peer_url in $arg_data_dir, the cluster CA in $arg_pki_dir; kubeadm init goes on from them"

@@ -17,6 +17,13 @@
 # half-way) stops this step before anything changes. With the marker there, an unfinished init is
 # never undone by `kubeadm reset` (that deletes the data dir and the PKI: the restored cluster);
 # only the static pod manifests and kubeconfigs go. Without the marker nothing of this applies.
+#
+# When other control planes survive the first one's new VM, --join-config-b64 (on stdin: it holds a
+# token and the certificate key) is the JoinConfiguration 62-rejoin-token.sh made for it on one of
+# them: this VM joins them instead of kubeadm init, and 45-restore-control-plane.sh restored
+# nothing. Its joins go to the load balancer's address, which GCE makes local to every backend,
+# this one included, whose API server is not up yet: until it is, this node's connections to that
+# address go to the survivor --rejoin-via (km_redirect_endpoint).
 set -euo pipefail
 if ! declare -F km_parse_args >/dev/null; then
   # shellcheck source=lib.sh
@@ -35,6 +42,9 @@ arg_audit_policy_file=""
 arg_audit_log_dir=""
 arg_init_token_description=""
 arg_restored_marker=""
+arg_join_config_b64=""
+arg_rejoin_via=""
+arg_api_timeout_seconds=300
 km_parse_args "$@"
 km_require_args config_b64 node_name takes_workloads kata_label certificate_key encryption_config_b64 \
   encryption_config_file audit_policy_b64 audit_policy_file audit_log_dir init_token_description \
@@ -42,6 +52,8 @@ km_require_args config_b64 node_name takes_workloads kata_label certificate_key 
 [[ $arg_certificate_key =~ ^[0-9a-f]{64}$ ]] || km_die "--certificate-key must be 64 lowercase hex digits"
 [[ $arg_restored_marker == /?*/?* && $arg_restored_marker != */ ]] ||
   km_die "--restored-marker must be an absolute path in a folder, not: $arg_restored_marker"
+[[ -z $arg_join_config_b64 || -n $arg_rejoin_via ]] ||
+  km_die "--join-config-b64 needs --rejoin-via, the survivor whose API server answers the join"
 
 config_file=/etc/kubernetes/kubeadm-init.yaml
 initialized=/etc/kubernetes/.kata-mesh-initialized
@@ -79,7 +91,37 @@ fi
 km_put_api_server_files "$arg_encryption_config_file" "$arg_encryption_config_b64" "$arg_audit_policy_file" \
   "$arg_audit_policy_b64" "$arg_audit_log_dir" "$in_service"
 km_put_file "$config_file" 0600 "$(base64 -d <<<"$arg_config_b64")"
-if [[ ! -f $initialized ]]; then
+if [[ ! -f $initialized && -n $arg_join_config_b64 ]]; then
+  [[ -z $restored_state ]] ||
+    km_die "$arg_restored_marker says a backup was restored here ($restored_from), yet the program says the other control planes survive and this node joins them: delete $arg_restored_marker and run pulumi up again. Nothing was changed"
+  join_config=$(mktemp /run/kata-mesh-rejoin.XXXXXX.yaml)
+  trap 'rm -f "$join_config"; km_redirect_endpoint remove' EXIT
+  chmod 0600 "$join_config"
+  base64 -d <<<"$arg_join_config_b64" >"$join_config"
+  endpoint=$(sed -n 's/^ *apiServerEndpoint: *//p' "$join_config" | head -n 1)
+  key=$(sed -n 's/^ *certificateKey: *//p' "$join_config")
+  [[ $endpoint == *:* && -n $key ]] ||
+    km_die "--join-config-b64 is no control plane's JoinConfiguration (apiServerEndpoint, certificateKey)"
+  if [[ -e /etc/kubernetes/kubelet.conf || -e /etc/kubernetes/manifests/kube-apiserver.yaml || -e $pki_dir/ca.crt ]]; then
+    km_log "an earlier join did not finish; resetting this node before trying again"
+    kubeadm reset -f >&2
+  fi
+  km_redirect_endpoint add "${endpoint%:*}" "${endpoint##*:}" "$arg_rejoin_via"
+  status=0
+  output=$(kubeadm join --config "$join_config" 2>&1) || status=$?
+  km_hide "$key" <<<"$output" >&2
+  ((status == 0)) || km_die "kubeadm join (this control plane joining the ones that survive) failed; see the output above"
+  deadline=$((SECONDS + arg_api_timeout_seconds))
+  until curl -fsk --max-time 5 https://127.0.0.1:6443/readyz >/dev/null 2>&1; do
+    ((SECONDS < deadline)) ||
+      km_die "joined, but this control plane's API server does not answer on 127.0.0.1:6443 after ${arg_api_timeout_seconds}s: see sudo crictl ps -a and journalctl -u kubelet"
+    sleep 5
+  done
+  km_redirect_endpoint remove
+  rm -f "$join_config"
+  touch "$initialized"
+  km_log "joined the control planes that survive"
+elif [[ ! -f $initialized ]]; then
   if [[ -e /etc/kubernetes/admin.conf || -e /etc/kubernetes/manifests/kube-apiserver.yaml ]]; then
     if [[ -n $restored_state ]]; then
       # Never kubeadm reset here: it empties $etcd_data_dir and $pki_dir, the restored cluster.

@@ -21,18 +21,8 @@ export KUBECONFIG=/etc/kubernetes/admin.conf
 init_config=/etc/kubernetes/kubeadm-init.yaml
 
 if [[ $arg_control_plane == true ]]; then
-  [[ $arg_certificate_key =~ ^[0-9a-f]{64}$ ]] ||
-    km_die "a control plane's token needs --certificate-key (64 lowercase hex digits)"
-  keyed_config=$(mktemp /run/kata-mesh-upload-certs.XXXXXX.yaml)
-  trap 'rm -f "$keyed_config"' EXIT
-  chmod 0600 "$keyed_config"
-  km_with_certificate_key "$init_config" "$arg_certificate_key" >"$keyed_config"
-  # Two control planes joining at once would both rewrite the Secret: one at a time.
-  mkdir -p /run/lock
-  flock /run/lock/kata-mesh-upload-certs kubeadm init phase upload-certs --upload-certs \
-    --config "$keyed_config" 2>&1 | km_hide "$arg_certificate_key" >&2 ||
-    km_die "could not upload the control-plane certificates; see the output above"
-  rm -f "$keyed_config"
+  [[ -n $arg_certificate_key ]] || km_die "a control plane's token needs --certificate-key"
+  km_upload_certs "$init_config" "$arg_certificate_key"
 elif [[ $arg_control_plane != false ]]; then
   km_die "--control-plane must be true or false"
 fi

@@ -187,6 +187,69 @@ km_etcd_unhealthy_survivors() {
   done
 }
 
+# km_forget_member NAME TIMEOUT: forgets control plane NAME's old VM, as its replacement is about to
+# join: its dead etcd member and its Node go, once the member is sure to be dead (one that answers
+# is NAME serving already) and the members that remain keep a quorum of healthy ones. Sets
+# km_forgotten: absent (NAME is no member: a first join, or forgotten already), serving (NAME's
+# member answers) or forgot. Dies, changing nothing, when etcd cannot be read or the quorum would
+# not hold. Needs the admin kubeconfig and this node's etcd (km_etcdctl).
+# shellcheck disable=SC2034 # km_forgotten is read by the step scripts
+km_forget_member() {
+  local name=$1 timeout=$2 member_id count healthy quorum
+  # One membership change at a time, with the removals of 85-remove-control-plane.sh too: each one
+  # checks the membership the previous one left.
+  mkdir -p /run/lock
+  exec 9>>/run/lock/kata-mesh-remove-control-plane
+  flock -w 900 9 || km_die "another control plane removal is still running after 900s; nothing was changed"
+
+  # 1. etcd's membership (km_etcd_members, as 85-remove-control-plane.sh reads it).
+  km_etcd_members "$name" || km_die "could not list etcd's members; nothing was changed"
+  member_id=$km_member_id
+  km_forgotten=absent
+  if [[ -z $member_id ]]; then
+    km_log "$name is no etcd member: nothing to forget (a first join, or its old member is gone already)"
+    return 0
+  fi
+
+  # 2. Health of every member's client URLs (km_etcd_health).
+  km_etcd_health ||
+    km_die "could not read etcd's endpoint health (etcdctl printed: ${km_health_output:-nothing}); nothing was changed"
+
+  # A member that answers is this node's own, already joined: the old VM is deleted before its
+  # replacement exists (GCE names are unique), so it cannot be the old one. This step also runs
+  # again when its script changes, long after the join: then there is nothing to forget.
+  if km_etcd_healthy "$km_member_urls"; then
+    km_forgotten=serving
+    km_log "$name's etcd member $member_id answers at ${km_member_urls:-its client URL}: $name serves as a member already; nothing to forget"
+    return 0
+  fi
+
+  # 3. The quorum of the members that remain (removing a dead member only makes it easier to keep,
+  # but a cluster that lost it already must not be reconfigured behind its back).
+  km_etcd_unhealthy_survivors
+  count=${#km_survivors[@]}
+  healthy=$((count - ${#km_unhealthy[@]}))
+  quorum=$((count / 2 + 1))
+  km_log "etcd: $name (member $member_id) does not answer; without it, $healthy of $count healthy (quorum $quorum)"
+  if ((healthy < quorum)); then
+    km_die "forgetting $name would leave etcd without quorum: of the $count members that would remain, $healthy healthy where $quorum are needed; unhealthy: ${km_unhealthy[*]}. Bring them back first, then run pulumi up again; nothing was changed"
+  fi
+
+  # 4. The old VM's Node first, then its member: a run that fails after the Node is gone still finds
+  # the member, and does both again. kubeadm join stops when a Node of its name exists and is Ready
+  # ("a Node with name ... and status Ready already exists in the cluster. You must delete the
+  # existing Node", its kubelet-start phase): the old Node stays Ready for the node monitor's grace
+  # period after its VM went, and its pods and mirror pods are the old VM's.
+  km_log "deleting the old VM's Node $name"
+  timeout "$timeout" kubectl --kubeconfig "$km_admin_kubeconfig" delete node "$name" --ignore-not-found >&2 ||
+    km_die "could not delete Node $name (its etcd member $member_id is still there); run pulumi up again"
+  km_log "removing $name's old etcd member $member_id"
+  km_etcdctl member remove "$member_id" >&2 ||
+    km_die "could not remove $name's old etcd member $member_id; run pulumi up again"
+  km_forgotten=forgot
+  km_log "forgot $name's old VM: etcd member $member_id and its Node are gone; it can join again"
+}
+
 # km_with_certificate_key CONFIG KEY: the kubeadm config file with `certificateKey: KEY` added to
 # its InitConfiguration, on stdout (the program renders that document without it, so the key
 # never travels on a command line nor stays on disk). Pure bash: a key handed to sed or awk would
@@ -201,6 +264,67 @@ km_with_certificate_key() {
     fi
   done <"$config"
   $found || km_die "$config has no InitConfiguration"
+}
+
+# km_upload_certs CONFIG KEY: uploads this control plane's shared certificates (kubeadm's
+# kubeadm-certs Secret, encrypted with KEY) with the cluster settings in kubeadm config CONFIG, for
+# a control plane about to join; the Secret expires two hours later. One upload at a time on this
+# node: two would rewrite the same Secret. The key goes into a 0600 file under /run for kubeadm's
+# run only (`--certificate-key` cannot be combined with `--config`) and out of its output.
+km_upload_certs() {
+  local config=$1 key=$2 keyed_config
+  [[ $key =~ ^[0-9a-f]{64}$ ]] || km_die "the certificate key must be 64 lowercase hex digits"
+  keyed_config=$(mktemp /run/kata-mesh-upload-certs.XXXXXX.yaml)
+  chmod 0600 "$keyed_config"
+  km_with_certificate_key "$config" "$key" >"$keyed_config"
+  mkdir -p /run/lock
+  if ! flock /run/lock/kata-mesh-upload-certs kubeadm init phase upload-certs --upload-certs \
+    --config "$keyed_config" 2>&1 | km_hide "$key" >&2; then
+    rm -f "$keyed_config"
+    km_die "could not upload the control-plane certificates; see the output above"
+  fi
+  rm -f "$keyed_config"
+}
+
+# km_redirect_endpoint add HOST PORT TARGET | km_redirect_endpoint remove: this node's own
+# connections to HOST:PORT go to TARGET:PORT instead, from this node's own address, until removed.
+# For the first control plane joining the survivors again: HOST is the API load balancer, which
+# GCE delivers to each of its backends itself (the guest environment makes the address local),
+# and this node's API server is not up yet. Masqueraded: the survivor, to which the load
+# balancer's address is local too, must answer this node's own address.
+km_rejoin_table=kata_mesh_rejoin
+km_redirect_endpoint() {
+  local action=$1 octet ipv4
+  octet='(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])'
+  ipv4="$octet\\.$octet\\.$octet\\.$octet"
+  case $action in
+    add)
+      local host=$2 port=$3 target=$4
+      [[ $host =~ ^$ipv4$ && $target =~ ^$ipv4$ && $port =~ ^[1-9][0-9]{0,4}$ ]] ||
+        km_die "km_redirect_endpoint: HOST and TARGET must be IPv4 addresses and PORT a port, not: $host $port $target"
+      nft -f - <<EOF || km_die "could not redirect $host:$port to $target:$port (nft)"
+table ip $km_rejoin_table
+delete table ip $km_rejoin_table
+table ip $km_rejoin_table {
+  chain output {
+    type nat hook output priority dstnat; policy accept;
+    ip daddr $host tcp dport $port dnat to $target:$port
+  }
+  chain postrouting {
+    type nat hook postrouting priority srcnat; policy accept;
+    ip daddr $target tcp dport $port ct status dnat masquerade
+  }
+}
+EOF
+      km_log "connections to $host:$port go to $target:$port until this node's API server serves"
+      ;;
+    remove)
+      if nft list table ip "$km_rejoin_table" >/dev/null 2>&1; then
+        nft delete table ip "$km_rejoin_table" || km_die "could not remove nftables table ip $km_rejoin_table"
+      fi
+      ;;
+    *) km_die "km_redirect_endpoint: add or remove, not: $action" ;;
+  esac
 }
 
 # km_hide SECRET: copies stdin to stdout line by line (as it comes) with every occurrence of
