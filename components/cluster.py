@@ -297,9 +297,7 @@ class KubeadmCluster(pulumi.ComponentResource):
         )
         self.register_outputs({"kubeconfig": self.kubeconfig})
 
-    def _rejoin_args(
-        self, cp: NodeVm, rejoin: Rejoin | None
-    ) -> pulumi.Output[tuple[tuple[str, str], ...]]:
+    def _rejoin_args(self, cp: NodeVm, rejoin: Rejoin | None) -> pulumi.Output[tuple[tuple[str, str], ...]]:
         """50-kubeadm-init.sh's arguments to join the survivors instead of init: none when there
         are none."""
         if rejoin is None:

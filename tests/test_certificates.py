@@ -76,7 +76,10 @@ def test_the_provider_is_replaced_only_with_a_new_cluster_not_with_a_reread_admi
     # pulumi-kubernetes replaces a provider only when clusterIdentifier changes (its docs): the
     # cluster CA's fingerprint, as openssl prints it on cp-0, read once per VM.
     cluster_ca = program.one("command:remote:Command", "cluster-cluster-ca")
-    assert cluster_ca.inputs["create"] == "openssl x509 -noout -fingerprint -sha256 -in /etc/kubernetes/pki/ca.crt"
+    assert (
+        cluster_ca.inputs["create"]
+        == "openssl x509 -noout -fingerprint -sha256 -in /etc/kubernetes/pki/ca.crt"
+    )
     assert provider.inputs["clusterIdentifier"] == program.states[cluster_ca.urn]["stdout"]
     assert provider.inputs["clusterIdentifier"].startswith("sha256 Fingerprint=")
     # Not re-read with init (a new script re-runs init on the same cluster), nor monthly.
