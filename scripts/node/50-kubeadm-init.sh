@@ -119,6 +119,7 @@ if [[ ! -f $initialized && -n $arg_join_config_b64 ]]; then
   done
   km_redirect_endpoint remove
   rm -f "$join_config"
+  trap - EXIT
   touch "$initialized"
   km_log "joined the control planes that survive"
 elif [[ ! -f $initialized ]]; then

@@ -300,18 +300,20 @@ km_redirect_endpoint() {
   case $action in
     add)
       local host=$2 port=$3 target=$4
-      [[ $host =~ ^$ipv4$ && $target =~ ^$ipv4$ && $port =~ ^[1-9][0-9]{0,4}$ ]] ||
+      # The priorities are dstnat's and srcnat's numbers: nft before 1.0.9 (Debian 12's) takes
+      # the names on prerouting and postrouting only.
+      [[ $host =~ ^$ipv4$ && $target =~ ^$ipv4$ && $port =~ ^[1-9][0-9]{0,4}$ && $port -le 65535 ]] ||
         km_die "km_redirect_endpoint: HOST and TARGET must be IPv4 addresses and PORT a port, not: $host $port $target"
       nft -f - <<EOF || km_die "could not redirect $host:$port to $target:$port (nft)"
 table ip $km_rejoin_table
 delete table ip $km_rejoin_table
 table ip $km_rejoin_table {
   chain output {
-    type nat hook output priority dstnat; policy accept;
+    type nat hook output priority -100; policy accept;
     ip daddr $host tcp dport $port dnat to $target:$port
   }
   chain postrouting {
-    type nat hook postrouting priority srcnat; policy accept;
+    type nat hook postrouting priority 100; policy accept;
     ip daddr $target tcp dport $port ct status dnat masquerade
   }
 }
