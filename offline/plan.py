@@ -64,6 +64,7 @@ PLACEHOLDER_HOSTS_BY_SUFFIX = {
     "-bastion-ip": 203,
 }
 BASTION_SUFFIX = "-bastion"
+REJOIN_TOKEN_SUFFIX = "-rejoin-token"
 PLACEHOLDER_PROJECT = "my-gcp-project"
 # The certificate key's stand-in (a secret: no plan file may show it; a test checks).
 PLACEHOLDER_RANDOM_HEX = "feedc0de" * 16
@@ -229,6 +230,10 @@ class PlanMocks(pulumi_mocks.Mocks):
             state["instanceId"] = f"placeholder-id-{name}"
         elif args.typ == "gcp:serviceaccount/account:Account":
             state["email"] = f"{state['accountId']}@{PLACEHOLDER_PROJECT}.iam.gserviceaccount.com"
+        elif args.typ == COMMAND_TYPE and name.endswith(REJOIN_TOKEN_SUFFIX):
+            # A new stack: no control plane survives the first one's VM (it is the first), so no
+            # join comes back and init initialises.
+            state["stdout"] = ""
         elif args.typ == "random:index/randomBytes:RandomBytes":
             # Secret; known, so the steps that carry it on stdin can still be named by their script.
             state["hex"] = PLACEHOLDER_RANDOM_HEX[: 2 * int(state["length"])]
