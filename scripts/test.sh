@@ -45,6 +45,20 @@ if [[ ! -x $containerd2 ]] && command -v apt-get >/dev/null && command -v dpkg >
     echo "note: could not fetch Debian sid's containerd 2.x; its test is skipped" >&2
   fi
 fi
+# etcd 3.5 (Debian sid's etcd-server: etcd and etcdutl; bookworm has 3.4 only), unpacked the same
+# way: the restore with a real etcdutl that moves the revision on, served by a real etcd 3.5.
+etcd35=.cache/etcd35/usr/bin/etcdutl
+if [[ ! -x $etcd35 ]] && command -v apt-get >/dev/null && command -v dpkg >/dev/null; then
+  apt_dir=$PWD/.cache/apt-sid
+  apt_options=(-o "Dir::Etc::SourceList=$apt_dir/sources.list" -o Dir::Etc::SourceParts=/dev/null
+    -o "Dir::State::Lists=$apt_dir/lists" -o "Dir::Cache=$apt_dir" -o "Dir::Cache::archives=$apt_dir/archives"
+    -o APT::Sandbox::User=root)
+  if [[ -f $apt_dir/sources.list ]] && (cd "$apt_dir" && apt-get "${apt_options[@]}" download -qq etcd-server >/dev/null 2>&1); then
+    dpkg -x "$apt_dir"/etcd-server_*.deb .cache/etcd35
+  else
+    echo "note: could not fetch Debian sid's etcd 3.5; its restore test is skipped" >&2
+  fi
+fi
 # cloud-init's JSON schema checks the user-data that installs the host keys: Debian's package is
 # downloaded and unpacked (not installed; only its schema file is read).
 cloud_init_schema_path=usr/lib/python3/dist-packages/cloudinit/config/schemas/schema-cloud-config-v1.json
@@ -60,6 +74,9 @@ if [[ ! -f $cloud_init_schema ]] && command -v apt-get >/dev/null && command -v 
   rm -rf "$deb_dir"
 fi
 
+if [[ -x $etcd35 ]]; then
+  export KATA_MESH_ETCD35=$PWD/.cache/etcd35/usr/bin
+fi
 if [[ -x $containerd2 ]]; then
   export KATA_MESH_CONTAINERD2=$PWD/$containerd2
 fi

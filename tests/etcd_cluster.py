@@ -128,9 +128,11 @@ class Member:
 class EtcdCluster:
     """One cluster: its members by name, the test's own etcdctl, stopping and killing members."""
 
-    def __init__(self, base: Path, size: int, pki: Pki) -> None:
+    def __init__(self, base: Path, size: int, pki: Pki, etcd: str = "etcd") -> None:
         self.base = base
         self.pki = pki
+        # The etcd binary: Debian's 3.4 on PATH, unless another is named.
+        self.etcd = etcd
         self.size = size
         self.healthy_since: float | None = None
         ports = free_ports(2 * size)
@@ -157,7 +159,7 @@ class EtcdCluster:
     def _spawn(self, member: Member, initial_cluster: str) -> None:
         pki = self.pki
         command = [
-            "etcd",
+            self.etcd,
             f"--name={member.name}",
             f"--data-dir={member.data_dir}",
             f"--listen-client-urls={member.client_url}",
