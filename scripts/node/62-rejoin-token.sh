@@ -26,6 +26,7 @@ km_require_args node_name ttl timeout_seconds api_timeout_seconds certificate_ke
 for value in "$arg_timeout_seconds" "$arg_api_timeout_seconds"; do
   [[ $value =~ ^[1-9][0-9]*$ ]] || km_die "timeouts are whole numbers of seconds, not: $value"
 done
+[[ $arg_certificate_key =~ ^[0-9a-f]{64}$ ]] || km_die "--certificate-key must be 64 lowercase hex digits"
 
 if [[ ! -f $km_admin_kubeconfig ]]; then
   km_log "this node serves no cluster yet (no $km_admin_kubeconfig): $arg_node_name restores the newest backup or initialises a new cluster"
@@ -33,26 +34,26 @@ if [[ ! -f $km_admin_kubeconfig ]]; then
 fi
 export KUBECONFIG=$km_admin_kubeconfig
 deadline=$((SECONDS + arg_api_timeout_seconds))
-until kubectl get --raw=/readyz >/dev/null 2>&1; do
+until kubectl get --raw=/readyz --request-timeout=5s >/dev/null 2>&1; do
   ((SECONDS < deadline)) ||
     km_die "this control plane holds a cluster ($km_admin_kubeconfig) but its API server does not answer after ${arg_api_timeout_seconds}s: $arg_node_name is not let to restore a backup or make a new cluster beside it. Bring this control plane back (sudo crictl ps -a, journalctl -u kubelet), then run pulumi up again"
   sleep 5
 done
 
+# The cluster's own settings (kubeadm keeps them in the kubeadm-config ConfigMap) for the upload:
+# this node has no kubeadm init config of its own.
+cluster_config=$(kubectl -n kube-system get configmap kubeadm-config -o jsonpath='{.data.ClusterConfiguration}') ||
+  km_die "could not read the kubeadm-config ConfigMap; nothing was changed"
+api_version=$(sed -n 's/^apiVersion: *//p' <<<"$cluster_config" | head -n 1)
+if [[ $api_version != kubeadm.k8s.io/* ]] || ! grep -qx 'kind: ClusterConfiguration' <<<"$cluster_config"; then
+  km_die "the kubeadm-config ConfigMap holds no ClusterConfiguration; nothing was changed"
+fi
 km_forget_member "$arg_node_name" "$arg_timeout_seconds"
 if [[ $km_forgotten == serving ]]; then
   km_log "$arg_node_name serves as a control plane already: nothing to rejoin"
   exit 0
 fi
 
-# The cluster's own settings (kubeadm keeps them in the kubeadm-config ConfigMap) for the upload:
-# this node has no kubeadm init config of its own.
-cluster_config=$(kubectl -n kube-system get configmap kubeadm-config -o jsonpath='{.data.ClusterConfiguration}') ||
-  km_die "could not read the kubeadm-config ConfigMap; $arg_node_name's old VM is forgotten, run pulumi up again"
-api_version=$(sed -n 's/^apiVersion: *//p' <<<"$cluster_config" | head -n 1)
-if [[ $api_version != kubeadm.k8s.io/* ]] || ! grep -qx 'kind: ClusterConfiguration' <<<"$cluster_config"; then
-  km_die "the kubeadm-config ConfigMap holds no ClusterConfiguration; run pulumi up again"
-fi
 config=$(mktemp /run/kata-mesh-rejoin.XXXXXX.yaml)
 trap 'rm -f "$config"' EXIT
 printf 'apiVersion: %s\nkind: InitConfiguration\n---\n%s\n' "$api_version" "$cluster_config" >"$config"
