@@ -94,6 +94,8 @@ def test_when_nothing_survives_cp0_restores_or_initialises(stack):
     assert "--join-config-b64" not in secret and "--rejoin-via" not in secret
 
 
+# Two more runs of the program (the plain suite's time budget): with the system tests.
+@pytest.mark.system
 @pytest.mark.parametrize("stack", HA_STACKS)
 def test_when_the_others_survive_cp0_joins_them_through_cp1(stack):
     program = with_survivors(stack)
