@@ -34,8 +34,11 @@ STORAGE_SCOPE = "https://www.googleapis.com/auth/devstorage.read_write"
 
 DEFAULT_KEEP_LOCAL = 3
 DEFAULT_INTERVAL_HOURS = 6
-# Intervals that divide a day, so that OnCalendar= runs at the same hours every day.
-INTERVAL_HOURS = (1, 2, 3, 4, 6, 8, 12, 24)
+# Intervals that divide a day: OnCalendar= runs at the same hours every day.
+DAILY_INTERVAL_HOURS = (1, 2, 3, 4, 6, 8, 12, 24)
+WEEK_HOURS = 7 * 24
+# Any whole number of hours up to a week; the others run from the last backup (and each boot).
+MAX_INTERVAL_HOURS = WEEK_HOURS
 
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]")
 _PREFIX = re.compile(r"[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*")
@@ -110,20 +113,30 @@ NoNewPrivileges=true
 """
 
 
+def backup_schedule(interval_hours: int) -> str:
+    """The [Timer] lines that set when backups run. Intervals that divide a day run at fixed hours
+    of it, and a week on Mondays: Persistent= runs a backup missed while the VM was off as soon as
+    it is back. Any other interval (up to a week) counts from the last backup, and a backup runs
+    15 minutes after each boot (a monotonic timer does not survive a reboot)."""
+    if not 1 <= interval_hours <= MAX_INTERVAL_HOURS:
+        raise ValueError(f"interval_hours must be 1 to {MAX_INTERVAL_HOURS} (a week), not {interval_hours}")
+    if interval_hours in DAILY_INTERVAL_HOURS:
+        # 00/H: from midnight every H hours; systemd refuses a repetition as long as the day (00/24).
+        hours = "00" if interval_hours == 24 else f"00/{interval_hours}"
+        return f"OnCalendar=*-*-* {hours}:00:00\nPersistent=true"
+    if interval_hours == WEEK_HOURS:
+        return "OnCalendar=Mon *-*-* 00:00:00\nPersistent=true"
+    return f"OnBootSec=15min\nOnUnitActiveSec={interval_hours}h"
+
+
 def render_backup_timer(interval_hours: int = DEFAULT_INTERVAL_HOURS) -> str:
-    """kata-mesh-backup.timer: every interval_hours at fixed hours of the day. Persistent= runs a
-    backup missed while the VM was off as soon as it is back; each node waits a delay of its own
-    (fixed per node), so the control planes do not all snapshot at once."""
-    if interval_hours not in INTERVAL_HOURS:
-        raise ValueError(f"interval_hours must divide a day, one of {INTERVAL_HOURS}, not {interval_hours}")
-    # 00/H: from midnight every H hours; systemd refuses a repetition as long as the day (00/24).
-    hours = "00" if interval_hours == 24 else f"00/{interval_hours}"
+    """kata-mesh-backup.timer: every interval_hours (backup_schedule); each node waits a delay of
+    its own (fixed per node), so the control planes do not all snapshot at once."""
     return f"""[Unit]
 Description=kata-mesh: back up this control plane every {interval_hours} h
 
 [Timer]
-OnCalendar=*-*-* {hours}:00:00
-Persistent=true
+{backup_schedule(interval_hours)}
 RandomizedDelaySec=15min
 FixedRandomDelay=true
 AccuracySec=1min

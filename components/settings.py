@@ -772,12 +772,14 @@ BACKUP_OBJECT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9.
 def _check_backups(
     r: _Reader, stack: str, interval_hours: int, retention_days: int, force_destroy: bool, backup_object: str
 ) -> None:
-    if interval_hours not in backup_config.INTERVAL_HOURS:
+    if not 1 <= interval_hours <= backup_config.MAX_INTERVAL_HOURS:
         r.problem(
             "backupIntervalHours",
             interval_hours,
-            "must divide a day, so backups run at the same hours every day (a systemd calendar "
-            f"timer): one of {', '.join(map(str, backup_config.INTERVAL_HOURS))}",
+            f"must be 1 to {backup_config.MAX_INTERVAL_HOURS} hours: at least one backup a week, "
+            "never more than one an hour; "
+            f"{', '.join(map(str, backup_config.DAILY_INTERVAL_HOURS))} run at the same hours "
+            "every day",
         )
     if not 1 <= retention_days <= 365:
         r.problem(

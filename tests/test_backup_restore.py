@@ -763,16 +763,47 @@ def test_the_timer_runs_at_fixed_hours_catches_up_and_spreads_the_nodes():
     assert "RandomizedDelaySec=15min" in lines and "FixedRandomDelay=true" in lines
     assert f"Unit={backup_config.BACKUP_SERVICE}" in lines
     assert "WantedBy=timers.target" in lines
-    for bad in (0, 5, 7, 25, 48):
-        with pytest.raises(ValueError, match="must divide a day"):
+    for bad in (0, -6, 169, 24 * 365):
+        with pytest.raises(ValueError, match="must be 1 to 168"):
             backup_config.render_backup_timer(bad)
 
 
-@pytest.mark.parametrize("hours", backup_config.INTERVAL_HOURS)
+# The hours that divide a day.
+@pytest.mark.parametrize("hours", [1, 2, 3, 4, 6, 8, 12, 24])
 def test_the_calendar_expression_elapses_every_interval(hours):
     times, shown = calendar_elapses(backup_config.render_backup_timer(hours), "2030-01-01 00:30:00 UTC")
     expected_hours = [(hours * i) % 24 for i in range(1, 4)]
     assert [t.split()[2][:5] for t in times] == [f"{h:02d}:00" for h in expected_hours], shown
+
+
+def test_a_weekly_backup_runs_on_mondays_at_midnight():
+    timer = backup_config.render_backup_timer(168)
+    # 2030-01-01 is a Tuesday.
+    times, shown = calendar_elapses(timer, "2030-01-01 00:30:00 UTC")
+    assert times == [
+        "Mon 2030-01-07 00:00:00 UTC",
+        "Mon 2030-01-14 00:00:00 UTC",
+        "Mon 2030-01-21 00:00:00 UTC",
+    ], shown
+    assert "Persistent=true" in timer.splitlines()
+
+
+@pytest.mark.parametrize("hours", [5, 7, 36, 48, 100, 167])
+def test_other_intervals_count_from_the_last_backup_and_back_up_after_each_boot(hours, tmp_path):
+    timer = backup_config.render_backup_timer(hours)
+    lines = timer.splitlines()
+    assert f"OnUnitActiveSec={hours}h" in lines and "OnBootSec=15min" in lines
+    # No calendar, and Persistent= only means something with one.
+    assert not [line for line in lines if line.startswith(("OnCalendar=", "Persistent="))]
+    script = install_backup(tmp_path / "sbin")
+    service = tmp_path / backup_config.BACKUP_SERVICE
+    service.write_text(
+        backup_config.render_backup_service(BUCKET, PREFIX, "kata-mesh-dev-cp-0", 4, script_path=str(script))
+    )
+    unit = tmp_path / backup_config.BACKUP_TIMER
+    unit.write_text(timer)
+    verified = verify(service, unit)
+    assert verified.returncode == 0 and verified.stderr == "", verified.stderr
 
 
 def test_the_units_pass_systemd_analyze_verify(tmp_path):

@@ -132,7 +132,7 @@ def test_backup_settings_are_checked_with_the_others():
             "dev",
             preview=True,
             overrides={
-                f"{PROJECT}:backupIntervalHours": 5,
+                f"{PROJECT}:backupIntervalHours": 169,
                 f"{PROJECT}:backupRetentionDays": 0,
                 f"{PROJECT}:backupObject": "../etc",
                 f"{PROJECT}:workerCount": -1,
@@ -140,7 +140,7 @@ def test_backup_settings_are_checked_with_the_others():
         )
     found = {p.key: p.fix for p in caught.value.problems}
     assert set(found) == {"backupIntervalHours", "backupRetentionDays", "backupObject", "workerCount"}
-    assert "divide a day" in found["backupIntervalHours"]
+    assert "must be 1 to 168 hours" in found["backupIntervalHours"]
 
 
 def test_prod_refuses_to_let_destroy_take_its_backups():
