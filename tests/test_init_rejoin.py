@@ -162,7 +162,7 @@ def test_an_api_server_that_never_serves_after_the_join_fails_the_step(node, ca_
     node.set_state("local-api-down")
     result = run_rejoin(node, join_config(ca_hash), api_timeout="1")
     assert result.returncode == 1
-    assert "API server does not answer on 127.0.0.1:6443 after 1s" in error(result)
+    assert "this control plane's API server does not answer on 127.0.0.1:6443 after 1s" in error(result)
     assert "curl -fsk --max-time 5 https://127.0.0.1:6443/readyz" in result.calls
     # Not in service, and the redirect is gone with the step.
     assert INITIALIZED not in node.changes()

@@ -111,12 +111,7 @@ if [[ ! -f $initialized && -n $arg_join_config_b64 ]]; then
   output=$(kubeadm join --config "$join_config" 2>&1) || status=$?
   km_hide "$key" <<<"$output" >&2
   ((status == 0)) || km_die "kubeadm join (this control plane joining the ones that survive) failed; see the output above"
-  deadline=$((SECONDS + arg_api_timeout_seconds))
-  until curl -fsk --max-time 5 https://127.0.0.1:6443/readyz >/dev/null 2>&1; do
-    ((SECONDS < deadline)) ||
-      km_die "joined, but this control plane's API server does not answer on 127.0.0.1:6443 after ${arg_api_timeout_seconds}s: see sudo crictl ps -a and journalctl -u kubelet"
-    sleep 5
-  done
+  km_wait_local_api "$arg_api_timeout_seconds"
   km_redirect_endpoint remove
   rm -f "$join_config"
   trap - EXIT

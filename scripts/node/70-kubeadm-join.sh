@@ -92,13 +92,8 @@ fi
 [[ $arg_control_plane == true ]] || exit 0
 
 # The load balancer sends to this control plane only after this step: its own API server must
-# answer first (anonymous /readyz, on the address every API server listens on).
-deadline=$((SECONDS + arg_api_timeout_seconds))
-until curl -fsk --max-time 5 https://127.0.0.1:6443/readyz >/dev/null 2>&1; do
-  ((SECONDS < deadline)) ||
-    km_die "this control plane's API server does not answer on 127.0.0.1:6443 after ${arg_api_timeout_seconds}s: see sudo crictl ps -a and journalctl -u kubelet"
-  sleep 5
-done
+# answer first.
+km_wait_local_api "$arg_api_timeout_seconds"
 export KUBECONFIG=/etc/kubernetes/admin.conf
 km_set_workload_role "$arg_node_name" "$arg_takes_workloads" "$arg_kata_label"
 km_log "control plane ready"

@@ -329,6 +329,19 @@ EOF
   esac
 }
 
+# km_wait_local_api TIMEOUT: waits up to TIMEOUT seconds for this control plane's own API server
+# (anonymous /readyz on 127.0.0.1:6443, the address every API server listens on); dies naming where
+# to look when it does not answer.
+km_wait_local_api() {
+  local timeout=$1 deadline
+  deadline=$((SECONDS + timeout))
+  until curl -fsk --max-time 5 https://127.0.0.1:6443/readyz >/dev/null 2>&1; do
+    ((SECONDS < deadline)) ||
+      km_die "this control plane's API server does not answer on 127.0.0.1:6443 after ${timeout}s: see sudo crictl ps -a and journalctl -u kubelet"
+    sleep 5
+  done
+}
+
 # km_hide SECRET: copies stdin to stdout line by line (as it comes) with every occurrence of
 # SECRET replaced, for tools that print what the logs must not keep. Pure bash, for the same
 # reason.
