@@ -252,7 +252,8 @@ class KubeadmCluster(pulumi.ComponentResource):
             create=f"openssl x509 -noout -fingerprint -sha256 -in {CLUSTER_CA_CERTIFICATE}",
             triggers=[cp.instance_id],
             add_previous_output_in_env=False,
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.init]),
+            # After admin.conf's read: one SSH session to cp-0 at a time besides the token lanes.
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.init, self.admin_conf]),
         )
         self.provider = k8s.Provider(
             f"{name}-k8s",
