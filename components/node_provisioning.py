@@ -23,6 +23,9 @@ from components import node_config, versions
 
 SCRIPTS_DIR = Path(__file__).resolve().parent.parent / "scripts" / "node"
 CACHE_DIR = "/var/cache/kata-mesh"
+CNI_TARBALL = f"{CACHE_DIR}/{versions.CNI_PLUGINS.filename}"
+# The rollout a node was last brought to (83-rollout-check.sh reads it).
+ROLLOUT_MARKER = "/var/lib/kata-mesh/rollout"
 KERNEL_MODULES = ("overlay", "br_netfilter", "kvm_intel", "vhost", "vhost_net", "vhost_vsock")
 SYSCTLS = (
     "net.ipv4.ip_forward=1",
@@ -67,6 +70,8 @@ class NodeStep:
     script: str
     args: tuple[tuple[str, str], ...]
     privileged: bool = True
+    # Runs once per VM; a change on a live node is rolled node by node (components/rollout.py).
+    rolled: bool = False
 
     @property
     def script_text(self) -> str:
@@ -124,9 +129,53 @@ def wait_ready_step() -> NodeStep:
     )
 
 
+def rollout_hash(rolled: Sequence[NodeStep], kubernetes_version: str, apt_repository: str) -> str:
+    """What a node is brought to: the rolled steps' arguments (pins, checksums, configs) and the
+    Kubernetes version, not their scripts (a new script changes no node)."""
+    parts = [f"{step.name}\0{step.command_line}" for step in rolled]
+    return hashlib.sha256("\0".join([*parts, kubernetes_version, apt_repository]).encode()).hexdigest()
+
+
+def rollout_of(steps: Sequence[NodeStep]) -> str:
+    """The rollout hash the steps provision a new VM to (the kubernetes step's --rollout)."""
+    return dict(next(step for step in steps if step.name == "kubernetes").args)["rollout"]
+
+
 def node_steps(spec: ProvisioningSpec) -> list[NodeStep]:
     """The six steps every node runs, in order."""
     containerd_major = int(versions.CONTAINERD.version.split(".")[0])
+    containerd = NodeStep(
+        "containerd",
+        "20-containerd.sh",
+        (
+            ("containerd-url", spec.url(versions.CONTAINERD)),
+            ("containerd-sha256", versions.CONTAINERD.sha256),
+            ("runc-url", spec.url(versions.RUNC)),
+            ("runc-sha256", versions.RUNC.sha256),
+            ("cni-url", spec.url(versions.CNI_PLUGINS)),
+            ("cni-sha256", versions.CNI_PLUGINS.sha256),
+            ("config-b64", b64(node_config.render_containerd_config(containerd_major))),
+            ("unit-b64", b64(node_config.render_containerd_unit())),
+            ("cache-dir", CACHE_DIR),
+        ),
+        rolled=True,
+    )
+    kata = NodeStep(
+        "kata",
+        "30-kata.sh",
+        (
+            ("kata-url", spec.url(spec.kata)),
+            ("kata-sha256", spec.kata.sha256),
+            ("prefix", node_config.KATA_PREFIX),
+            ("bin-dir", "/usr/local/bin"),
+            ("links", " ".join(KATA_LINKS)),
+            ("dropin-name", node_config.KATA_DROPIN_NAME),
+            ("dropin-b64", b64(node_config.render_kata_dropin())),
+            ("cache-dir", CACHE_DIR),
+        ),
+        rolled=True,
+    )
+    apt_repository = kubernetes_apt_repository(spec.kubernetes_version)
     return [
         wait_ready_step(),
         NodeStep(
@@ -151,45 +200,21 @@ def node_steps(spec: ProvisioningSpec) -> list[NodeStep]:
                 ("packages", " ".join(METADATA_BLOCK_PACKAGES)),
             ),
         ),
-        NodeStep(
-            "containerd",
-            "20-containerd.sh",
-            (
-                ("containerd-url", spec.url(versions.CONTAINERD)),
-                ("containerd-sha256", versions.CONTAINERD.sha256),
-                ("runc-url", spec.url(versions.RUNC)),
-                ("runc-sha256", versions.RUNC.sha256),
-                ("cni-url", spec.url(versions.CNI_PLUGINS)),
-                ("cni-sha256", versions.CNI_PLUGINS.sha256),
-                ("config-b64", b64(node_config.render_containerd_config(containerd_major))),
-                ("unit-b64", b64(node_config.render_containerd_unit())),
-                ("cache-dir", CACHE_DIR),
-            ),
-        ),
-        NodeStep(
-            "kata",
-            "30-kata.sh",
-            (
-                ("kata-url", spec.url(spec.kata)),
-                ("kata-sha256", spec.kata.sha256),
-                ("prefix", node_config.KATA_PREFIX),
-                ("bin-dir", "/usr/local/bin"),
-                ("links", " ".join(KATA_LINKS)),
-                ("dropin-name", node_config.KATA_DROPIN_NAME),
-                ("dropin-b64", b64(node_config.render_kata_dropin())),
-                ("cache-dir", CACHE_DIR),
-            ),
-        ),
+        containerd,
+        kata,
         NodeStep(
             "kubernetes",
             "40-kubernetes.sh",
             (
                 ("kubernetes-version", spec.kubernetes_version),
-                ("apt-repository", kubernetes_apt_repository(spec.kubernetes_version)),
+                ("apt-repository", apt_repository),
                 ("cri-socket", node_config.CONTAINERD_SOCKET),
-                ("cni-tarball", f"{CACHE_DIR}/{versions.CNI_PLUGINS.filename}"),
+                ("cni-tarball", CNI_TARBALL),
                 ("cni-sha256", versions.CNI_PLUGINS.sha256),
+                ("rollout", rollout_hash([containerd, kata], spec.kubernetes_version, apt_repository)),
+                ("marker", ROLLOUT_MARKER),
             ),
+            rolled=True,
         ),
     ]
 
@@ -319,6 +344,8 @@ class NodeProvisioning(pulumi.ComponentResource):
                     custom_timeouts=pulumi.CustomTimeouts(create="20m" if first else "30m"),
                 ),
                 extra_triggers=[args.instance_id],
+                # A rolled step changes a live node only in its turn (components/rollout.py).
+                rerun_on_change=not step.rolled,
             )
             previous = self.steps[step.name]
         self.last = self.steps[args.steps[-1].name]

@@ -80,7 +80,12 @@ def test_steps_run_their_script_over_ssh_with_explicit_arguments(stack):
             assert inputs["create"] == step.command_line
             assert inputs["stdin"] == step.script_text
             assert inputs["stdin"].startswith((SCRIPTS_DIR / "lib.sh").read_text())
-            assert inputs["triggers"][0] == step.content_hash
+            instance_id = program.states[program.one(INSTANCE, name).urn]["instanceId"]
+            if step_name in ("containerd", "kata", "kubernetes"):
+                # Once per VM: a change on a live node is rolled node by node (tests/test_rollout.py).
+                assert inputs["triggers"] == [instance_id]
+            else:
+                assert inputs["triggers"] == [step.content_hash, instance_id]
             assert inputs["addPreviousOutputInEnv"] is False
             assert "environment" not in inputs
             # The connection carries the private key, so the whole of it travels as a secret.
@@ -158,7 +163,7 @@ def test_a_mirror_serves_the_same_files_with_the_same_checksums():
         }
 
 
-def test_bumping_kata_reruns_only_the_kata_step_and_replaces_no_vm(monkeypatch):
+def test_bumping_kata_reruns_no_provisioning_step_and_rolls_the_nodes_one_by_one(monkeypatch):
     current = run_program("dev", preview=False)
     bumped_release = dataclasses.replace(
         versions.KATA_RELEASES["3.32.0"],
@@ -173,19 +178,31 @@ def test_bumping_kata_reruns_only_the_kata_step_and_replaces_no_vm(monkeypatch):
     after = {r.urn: r.inputs for r in bumped.registrations}
     assert before.keys() == after.keys()
     changed = sorted(urn.rsplit("::", 1)[1] for urn in before if before[urn] != after[urn])
-    # The kata steps, and the proof, which vouched for the old Kata.
+    # The proof, which vouched for the old Kata.
     proof = [
         "kata-mesh-dev-cp-0-kata-evidence",
         "kata-mesh-dev-worker-0-kata-evidence",
         "proof-mesh-facts",
         "proof-verdict",
     ]
-    assert changed == sorted(
-        ["kata-mesh-dev-cp-0-provision-kata", "kata-mesh-dev-worker-0-provision-kata", *proof]
-    )
+    # Each node's turn: its check, drain, Kata step, Kubernetes step (which records the rollout)
+    # and release; not its containerd step, whose pins did not move.
+    rollout = [
+        f"kata-mesh-dev-{node}-rollout-{step}"
+        for node in ("cp-0", "worker-0")
+        for step in ("check", "drain", "kata", "kubernetes", "release")
+    ]
+    # The provisioning steps' commands name the new pins (a new VM gets them), their triggers
+    # (the VM) do not change: no live node runs them again.
+    provisioning = [
+        f"kata-mesh-dev-{node}-provision-{step}"
+        for node in ("cp-0", "worker-0")
+        for step in ("kata", "kubernetes")
+    ]
+    assert changed == sorted([*provisioning, *rollout, *proof])
     for urn in before:
-        if urn.endswith("-provision-kata"):
-            assert before[urn]["triggers"][0] != after[urn]["triggers"][0]
+        if "-provision-" in urn:
+            assert before[urn]["triggers"] == after[urn]["triggers"], urn
 
 
 @pytest.mark.parametrize("stack", STACKS)
@@ -221,4 +238,4 @@ def test_a_replaced_vm_reruns_every_step_on_it():
     for name, steps in steps_by_node(program).items():
         instance_id = program.states[program.one(INSTANCE, name).urn]["instanceId"]
         assert instance_id
-        assert [step.inputs["triggers"][1] for step in steps] == [instance_id] * len(STEP_ORDER)
+        assert [step.inputs["triggers"][-1] for step in steps] == [instance_id] * len(STEP_ORDER)

@@ -113,6 +113,73 @@ km_apt_ensure() {
   km_apt install -y --no-install-recommends "${missing[@]}"
 }
 
+# km_kubernetes_apt_source REPOSITORY: pkgs.k8s.io's apt repository of one minor (its URL names
+# the minor) as the only Kubernetes source, with its signing key, fetched again when the repository
+# changes (a minor upgrade).
+km_kubernetes_apt_source() {
+  local repository=$1 keyring=/etc/apt/keyrings/kubernetes-apt-keyring.gpg key
+  km_put_file /etc/apt/sources.list.d/kubernetes.list 0644 "deb [signed-by=$keyring] $repository /"
+  if $km_changed || [[ ! -s $keyring ]]; then
+    key=$(mktemp)
+    curl -fsSL --retry 6 --retry-all-errors --connect-timeout 20 -o "$key" "${repository%/}/Release.key" ||
+      km_die "could not download the Kubernetes apt key from $repository"
+    mkdir -p "$(dirname "$keyring")"
+    gpg --batch --yes --dearmor -o "$keyring" "$key"
+    chmod 0644 "$keyring"
+    rm -f "$key"
+  fi
+}
+
+# km_install_kubernetes_packages VERSION CNI_TARBALL CNI_SHA256 PACKAGE...: the packages at VERSION
+# (pkgs.k8s.io's VERSION-* revisions), held so that unattended upgrades never move them; nothing
+# when they are there already (km_packages_changed says whether anything was installed). The packages pull in kubernetes-cni, which writes its own plugins
+# over /opt/cni/bin: the pinned, checksummed ones (the containerd step's download) go back.
+# shellcheck disable=SC2034 # km_packages_changed is read by the step scripts
+km_install_kubernetes_packages() {
+  local version=$1 cni_tarball=$2 cni_sha256=$3 pkg installed missing=()
+  shift 3
+  km_packages_changed=false
+  for pkg in "$@"; do
+    installed=$(dpkg-query -W -f='${Version}' "$pkg" 2>/dev/null || true)
+    [[ $installed == "$version"-* ]] || missing+=("$pkg")
+  done
+  if ((${#missing[@]} > 0)); then
+    km_apt_update
+    apt-mark unhold "$@" >/dev/null 2>&1 || true
+    km_apt install -y --no-install-recommends --allow-change-held-packages "${missing[@]/%/=$version-*}"
+    [[ $(km_sha256_of "$cni_tarball") == "$cni_sha256" ]] ||
+      km_die "$cni_tarball is not the pinned CNI plugins release"
+    tar -xzf "$cni_tarball" -C /opt/cni/bin
+    km_log "restored the pinned CNI plugins in /opt/cni/bin"
+    km_packages_changed=true
+  fi
+  apt-mark hold "$@" >/dev/null
+  if dpkg-query -W kubernetes-cni >/dev/null 2>&1; then
+    apt-mark hold kubernetes-cni >/dev/null
+  fi
+  for pkg in "$@"; do
+    installed=$(dpkg-query -W -f='${Version}' "$pkg")
+    [[ $installed == "$version"-* ]] || km_die "$pkg is at $installed, not $version"
+  done
+}
+
+# km_check_kubernetes_upgrade LIVE TARGET: dies, changing nothing, when kubeadm cannot take the
+# cluster from version LIVE to TARGET (vX.Y.Z or X.Y.Z): a downgrade, or more than one minor up
+# (kubeadm upgrades one minor at a time).
+km_check_kubernetes_upgrade() {
+  local live=${1#v} target=${2#v} live_minor target_minor
+  [[ $live =~ ^[0-9]+\.([0-9]+)\.[0-9]+$ ]] || km_die "the cluster reports no version kubeadm wrote (kubeadm-config says '$1'); nothing was changed"
+  live_minor=${BASH_REMATCH[1]}
+  [[ $target =~ ^[0-9]+\.([0-9]+)\.[0-9]+$ ]] || km_die "kubernetesVersion must be MAJOR.MINOR.PATCH, not: $2"
+  target_minor=${BASH_REMATCH[1]}
+  if [[ ${live%%.*} != "${target%%.*}" ]] || ((target_minor > live_minor + 1)); then
+    km_die "the cluster runs v$live; kubeadm upgrades one minor at a time, so v$target cannot come next: set kubernetesVersion to the newest 1.$((live_minor + 1)) patch first, run pulumi up, then go on. Nothing was changed"
+  fi
+  if [[ $(printf '%s\n%s\n' "$live" "$target" | sort -V | head -n 1) != "$live" ]]; then
+    km_die "the cluster runs v$live and kubernetesVersion says v$target: kubeadm does not downgrade. Set kubernetesVersion back to $live or newer. Nothing was changed"
+  fi
+}
+
 # km_etcdctl ARGS...: etcdctl inside this control plane's own etcd container (nodes have no
 # etcdctl of their own, and the container's matches the etcd it talks to), as a client of the
 # local member with kubeadm's etcd certificates. Works while the API server is down.

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# First control plane, at the end of one node's turn in a rollout: once the node is Ready again with
+# its kubelet at --kubernetes-version (within --timeout-seconds), it is uncordoned. Nothing when the
+# node needed no rollout (--needed current). A node that does not come back stays cordoned; the
+# message says how to look and how to resume.
+set -euo pipefail
+if ! declare -F km_parse_args >/dev/null; then
+  # shellcheck source=lib.sh
+  . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+fi
+
+arg_node_name=""
+arg_needed=""
+arg_kubernetes_version=""
+arg_rollout=""
+arg_timeout_seconds=""
+km_parse_args "$@"
+km_require_args node_name kubernetes_version rollout timeout_seconds
+[[ $arg_rollout =~ ^[0-9a-f]{64}$ ]] || km_die "--rollout must be a sha256 (64 lowercase hex digits), not: $arg_rollout"
+[[ $arg_timeout_seconds =~ ^[1-9][0-9]*$ ]] ||
+  km_die "--timeout-seconds must be a whole number of seconds, not: $arg_timeout_seconds"
+case $arg_needed in
+  current)
+    km_log "$arg_node_name needed no rollout to ${arg_rollout:0:12}: nothing to release"
+    exit 0
+    ;;
+  needed) ;;
+  *) km_die "--needed must be needed or current (83-rollout-check.sh's answer), not: '$arg_needed'" ;;
+esac
+export KUBECONFIG=$km_admin_kubeconfig
+
+want=v${arg_kubernetes_version#v}
+deadline=$((SECONDS + arg_timeout_seconds))
+while :; do
+  seen=$(kubectl get node "$arg_node_name" \
+    -o jsonpath='{.status.nodeInfo.kubeletVersion} {.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null) || seen=""
+  [[ $seen == "$want True" ]] && break
+  ((SECONDS < deadline)) ||
+    km_die "$arg_node_name is not Ready with kubelet $want after ${arg_timeout_seconds}s (it reports: ${seen:-nothing}); it stays cordoned. See kubectl describe node $arg_node_name and, on the node, journalctl -u kubelet; then run pulumi up again, which resumes the rollout at $arg_node_name"
+  sleep 5
+done
+kubectl uncordon "$arg_node_name" >&2 || km_die "could not uncordon $arg_node_name; run pulumi up again"
+km_log "$arg_node_name is Ready with kubelet $want and uncordoned"
