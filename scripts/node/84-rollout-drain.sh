@@ -35,6 +35,10 @@ case $arg_needed in
   needed) ;;
   *) km_die "--needed must be needed or current (83-rollout-check.sh's answer), not: '$arg_needed'" ;;
 esac
+# Marked first: 89-rollout-release.sh uncordons a node the rollout cordoned even when a later check
+# says it is current (a release that timed out), and only such a node.
+kubectl annotate node "$arg_node_name" --overwrite "kata-mesh.io/rollout-cordoned=${arg_rollout:0:12}" >&2 ||
+  km_die "could not mark $arg_node_name for the rollout; nothing was changed"
 kubectl cordon "$arg_node_name" >&2 || km_die "could not cordon $arg_node_name; nothing was changed"
 if ! kubectl drain "$arg_node_name" --ignore-daemonsets --delete-emptydir-data \
   --timeout="${arg_timeout_seconds}s" >&2; then

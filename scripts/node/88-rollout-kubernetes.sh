@@ -30,19 +30,22 @@ version=${arg_kubernetes_version#v}
 [[ $arg_rollout =~ ^[0-9a-f]{64}$ ]] || km_die "--rollout must be a sha256 (64 lowercase hex digits), not: $arg_rollout"
 case $arg_role in first | control-plane | worker) ;; *) km_die "--role must be first, control-plane or worker, not: $arg_role" ;; esac
 
+if [[ $arg_role == first ]]; then
+  # What the cluster runs, and whether kubeadm can go from there: before this node changes.
+  export KUBECONFIG=$km_admin_kubeconfig
+  live=$(kubectl -n kube-system get configmap kubeadm-config -o jsonpath='{.data.ClusterConfiguration}' |
+    sed -n 's/^kubernetesVersion: *//p') || km_die "could not read the cluster's version (kubeadm-config); nothing was changed"
+  [[ ${live#v} == "$version" ]] || km_check_kubernetes_upgrade "$live" "$version"
+fi
 km_kubernetes_apt_source "$arg_apt_repository"
 km_install_kubernetes_packages "$version" "$arg_cni_tarball" "$arg_cni_sha256" kubeadm
 
 if [[ $arg_role == first ]]; then
-  export KUBECONFIG=$km_admin_kubeconfig
-  live=$(kubectl -n kube-system get configmap kubeadm-config -o jsonpath='{.data.ClusterConfiguration}' |
-    sed -n 's/^kubernetesVersion: *//p') || km_die "could not read the cluster's version (kubeadm-config)"
   if [[ ${live#v} == "$version" ]]; then
     km_log "the control plane runs v$version already"
   else
-    km_check_kubernetes_upgrade "$live" "$version"
     kubeadm upgrade plan "v$version" >&2 ||
-      km_die "kubeadm upgrade plan does not accept v$version from $live; see its output above. Nothing was upgraded"
+      km_die "kubeadm upgrade plan does not accept v$version from $live; see its output above. The cluster was not upgraded (this node has kubeadm $version and stays drained): fix what it says and run pulumi up again"
     kubeadm upgrade apply -y "v$version" >&2 ||
       km_die "kubeadm upgrade apply v$version failed; see its output above. Fix what it says and run pulumi up again (kubeadm upgrade apply can run again)"
     km_log "the control plane is at v$version"
@@ -55,9 +58,12 @@ else
 fi
 
 km_install_kubernetes_packages "$version" "$arg_cni_tarball" "$arg_cni_sha256" kubelet kubectl
-if $km_packages_changed; then
+# pkgs.k8s.io's kubelet package does not restart the service: until a restart at this version has
+# been done (a run can die between the install and the restart), the old kubelet runs on.
+if $km_packages_changed || ! km_is_installed kubelet-restarted "$version"; then
   systemctl daemon-reload
   systemctl restart kubelet
+  km_mark_installed kubelet-restarted "$version"
   km_log "kubelet restarted at v$version"
 fi
 km_put_file "$arg_marker" 0644 "$arg_rollout"

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # First control plane, at the end of one node's turn in a rollout: once the node is Ready again with
-# its kubelet at --kubernetes-version (within --timeout-seconds), it is uncordoned. Nothing when the
-# node needed no rollout (--needed current). A node that does not come back stays cordoned; the
-# message says how to look and how to resume.
+# its kubelet at --kubernetes-version (within --timeout-seconds), it is uncordoned and its
+# kata-mesh.io/rollout-cordoned mark (84-rollout-drain.sh's) removed. Nothing when the node needed no
+# rollout (--needed current) and carries no such mark. A node that does not come back stays
+# cordoned; the message says how to look and how to resume.
 set -euo pipefail
 if ! declare -F km_parse_args >/dev/null; then
   # shellcheck source=lib.sh
@@ -20,14 +21,20 @@ km_require_args node_name kubernetes_version rollout timeout_seconds
 [[ $arg_timeout_seconds =~ ^[1-9][0-9]*$ ]] ||
   km_die "--timeout-seconds must be a whole number of seconds, not: $arg_timeout_seconds"
 case $arg_needed in
-  current)
-    km_log "$arg_node_name needed no rollout to ${arg_rollout:0:12}: nothing to release"
-    exit 0
-    ;;
-  needed) ;;
+  current | needed) ;;
   *) km_die "--needed must be needed or current (83-rollout-check.sh's answer), not: '$arg_needed'" ;;
 esac
 export KUBECONFIG=$km_admin_kubeconfig
+if [[ $arg_needed == current ]]; then
+  # Current, but cordoned by a rollout whose release did not finish: released now, or failed again.
+  marked=$(kubectl get node "$arg_node_name" -o jsonpath='{.metadata.annotations.kata-mesh\.io/rollout-cordoned}') ||
+    km_die "could not read Node $arg_node_name"
+  if [[ -z $marked ]]; then
+    km_log "$arg_node_name needed no rollout to ${arg_rollout:0:12}: nothing to release"
+    exit 0
+  fi
+  km_log "$arg_node_name is current, but a rollout cordoned it ($marked) and did not release it: releasing it now"
+fi
 
 want=v${arg_kubernetes_version#v}
 deadline=$((SECONDS + arg_timeout_seconds))
@@ -40,4 +47,6 @@ while :; do
   sleep 5
 done
 kubectl uncordon "$arg_node_name" >&2 || km_die "could not uncordon $arg_node_name; run pulumi up again"
+kubectl annotate node "$arg_node_name" kata-mesh.io/rollout-cordoned- >&2 ||
+  km_die "uncordoned $arg_node_name, but could not remove its kata-mesh.io/rollout-cordoned mark; run pulumi up again"
 km_log "$arg_node_name is Ready with kubelet $want and uncordoned"

@@ -147,11 +147,14 @@ km_install_kubernetes_packages() {
     km_apt_update
     apt-mark unhold "$@" >/dev/null 2>&1 || true
     km_apt install -y --no-install-recommends --allow-change-held-packages "${missing[@]/%/=$version-*}"
+    km_packages_changed=true
+  fi
+  # Whenever they differ from the pinned release (also after a run that died past the install).
+  if ! tar -dzf "$cni_tarball" -C /opt/cni/bin >/dev/null 2>&1; then
     [[ $(km_sha256_of "$cni_tarball") == "$cni_sha256" ]] ||
       km_die "$cni_tarball is not the pinned CNI plugins release"
     tar -xzf "$cni_tarball" -C /opt/cni/bin
     km_log "restored the pinned CNI plugins in /opt/cni/bin"
-    km_packages_changed=true
   fi
   apt-mark hold "$@" >/dev/null
   if dpkg-query -W kubernetes-cni >/dev/null 2>&1; then
