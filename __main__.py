@@ -22,11 +22,13 @@ from components.cluster import ClusterArgs, KubeadmCluster
 from components.gateway_endpoint import GatewayEndpoint, GatewayEndpointArgs
 from components.kubeadm_config import kubeconfig_period
 from components.mesh import IstioMesh, MeshArgs
+from components.mesh_rollout import MeshRollout, MeshRolloutArgs
 from components.network import API_PORT, Network, NetworkArgs
 from components.node_provisioning import NodeProvisioning, NodeProvisioningArgs, ProvisioningSpec, node_steps
 from components.nodes import ClusterNodes, ClusterNodesArgs, MachineSpec
 from components.proof import OUTSIDE_NAMESPACE, Proof, ProofArgs, app_namespaces, fingerprint
 from components.proof_access import ProofAccess, ProofAccessArgs
+from components.rollout import NodeRollout, RolloutArgs
 from components.settings import BOOKINFO_NAMESPACE, load_settings
 from components.ssh_access import SshAccess, SshAccessArgs, SshHost, render_known_hosts, render_ssh_config
 from components.workloads import HTTPBIN_PORT, HttpbinApp, HttpbinArgs, KataRuntimeClass
@@ -206,6 +208,17 @@ backup_schedule = BackupSchedule(
         after=[cluster.ready],
     ),
 )
+# Later changes of what the nodes run, node by node (nothing on a first deploy).
+rollout = NodeRollout(
+    "rollout",
+    RolloutArgs(
+        control_planes=nodes.control_planes,
+        workers=nodes.workers,
+        steps=node_steps_for_stack,
+        kubernetes_version=settings.kubernetes_version,
+        after=[cluster.ready],
+    ),
+)
 RenewalSchedule(
     "renewal-schedule",
     # After each node's backup timer: one step at a time on a control plane (SSH sessions on cp-0).
@@ -232,6 +245,8 @@ app = HttpbinApp(
         mesh_ready=mesh.istiod,
         runc_twin=settings.runc_twin,
         gateway=settings.ingress_gateway,
+        # One per node with 2 or more workers, so a drained node leaves one serving; else one.
+        replicas=2 if settings.worker_count >= 2 else 1,
     ),
     opts=pulumi.ResourceOptions(depends_on=[mesh.gateway] if mesh.gateway else None),
 )
@@ -279,7 +294,21 @@ proof_access = ProofAccess(
         after=[app],
     ),
 )
-proof = Proof("proof", dataclasses.replace(proof_args, app_resources=[app, proof_access]))
+# After an Istio upgrade the meshed apps restart onto the new sidecar (nothing on a first deploy);
+# the proof comes after it, and runs again for a new Istio version.
+mesh_rollout = MeshRollout(
+    "mesh-rollout",
+    MeshRolloutArgs(
+        control_plane=nodes.control_plane,
+        istio_version=settings.istio_version,
+        apps=app_namespaces(proof_args),
+        after=[mesh.base, mesh.istiod, *([mesh.gateway] if mesh.gateway else []), app],
+    ),
+)
+proof_args = dataclasses.replace(
+    proof_args, after=[mesh_rollout.restart], istio_version=settings.istio_version
+)
+proof = Proof("proof", dataclasses.replace(proof_args, app_resources=[app, proof_access, rollout.done]))
 
 key_file = f"~/.ssh/{settings.name_prefix}"
 ssh_files = {

@@ -1,10 +1,11 @@
 """The proof after every deploy: httpbin runs 2/2 with its sidecar, inside a Kata VM, and answers
-in-mesh over mutual TLS; and what Kata costs beside runc. The hardening holds: a runc pod is refused
-in the sandbox namespace (server-side dry run), the in-mesh Kata client gets no answer from the
-metadata server, httpbin refuses a plaintext request from a pod outside the mesh. With 3 or more
-control planes, also that the control plane is highly available (every control-plane Node Ready,
-one healthy etcd member each, the API answering through the load balancer). Fails the deploy
-otherwise."""
+in-mesh over mutual TLS; the meshed apps' sidecars run istiod's version; what Kata costs beside
+runc, and what every node runs (kubelet, container runtime, Kata, sidecars). The hardening holds: a
+runc pod is refused in the sandbox namespace (server-side dry run), the in-mesh Kata client gets no
+answer from the metadata server, httpbin refuses a plaintext request from a pod outside the mesh.
+With 3 or more control planes, also that the control plane is highly available (every
+control-plane Node Ready, one healthy etcd member each, the API answering through the load
+balancer). Fails the deploy otherwise."""
 
 from __future__ import annotations
 
@@ -104,6 +105,11 @@ class ProofArgs:
     # A fingerprint of everything else the proof vouches for (the nodes' runtime versions and
     # config, the VMs, the cluster): any change runs it again. See `fingerprint`.
     vouched_for: pulumi.Input[str] = ""
+    # What else must be done first: the meshed apps' restart after an Istio upgrade
+    # (components/mesh_rollout.py).
+    after: Sequence[pulumi.Resource] = ()
+    # The Istio release installed: a new one runs the proof again (its sidecars against istiod's).
+    istio_version: str = ""
 
 
 def fingerprint(parts: Sequence[pulumi.Input[str]]) -> pulumi.Output[str]:
@@ -163,6 +169,8 @@ class Proof(pulumi.ComponentResource):
     def __init__(self, name: str, args: ProofArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("kata-mesh:proof:Proof", name, None, opts)
         triggers: list[pulumi.Input[str]] = [args.app_fingerprint, args.run_id, args.vouched_for]
+        if args.istio_version:
+            triggers.append(f"istio {args.istio_version}")
         cp = args.control_plane
         cp_connection = ssh_connection(cp.ssh)
         namespaces = app_namespaces(args)
@@ -170,7 +178,7 @@ class Proof(pulumi.ComponentResource):
             f"{name}-mesh-facts",
             mesh_facts_step(args),
             cp_connection,
-            pulumi.ResourceOptions(parent=self, depends_on=list(args.app_resources)),
+            pulumi.ResourceOptions(parent=self, depends_on=[*args.app_resources, *args.after]),
             extra_triggers=triggers,
         )
         evidence_step = kata_evidence_step(args)

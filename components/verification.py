@@ -1,5 +1,5 @@
 """Judging the proof: is httpbin Running 2/2 with its sidecar, in a Kata VM, answering over mTLS?
-Does the hardening hold: a runc pod refused in the sandbox namespace by its admission policy, the
+Do the meshed apps' sidecars run istiod's version? Does the hardening hold: a runc pod refused in the sandbox namespace by its admission policy, the
 metadata server giving no answer to an in-mesh Kata pod, a plaintext request from outside the mesh
 refused by httpbin? And, with 3 or more control planes, is the control plane highly available:
 every control-plane Node Ready, one healthy etcd member per control plane, the API answering
@@ -8,7 +8,8 @@ through the load balancer?
 Pure functions over what the verification scripts gather (kubectl and crictl JSON, `ps` output,
 the in-mesh request, kubectl's and curl's words and exit codes for the hardening's attempts,
 etcdctl's member list and health, the API's /readyz), so every verdict can be tested on recorded
-samples.
+samples. The report also carries the versions found on every node (kubelet, container runtime,
+Kata, the meshed apps' sidecars), which no check judges but the sidecars' against istiod's.
 """
 
 from __future__ import annotations
@@ -58,7 +59,9 @@ def app_pod(pods: dict, app: str, namespace: str | None = None) -> dict | None:
         and "deletionTimestamp" not in p["metadata"]
         and namespace in (None, p["metadata"].get("namespace"))
     ]
-    candidates.sort(key=lambda p: p["metadata"]["creationTimestamp"], reverse=True)
+    # The newest, ties (replicas started in the same second) broken by name: the pod
+    # 96-mesh-facts.sh measured (jq's sort_by on the same two keys, then the last).
+    candidates.sort(key=lambda p: (p["metadata"]["creationTimestamp"], p["metadata"]["name"]), reverse=True)
     return candidates[0] if candidates else None
 
 
@@ -73,6 +76,42 @@ def containers_ready(pod: dict) -> tuple[int, int, bool]:
     ]
     ready = sum(1 for s in statuses if s.get("ready"))
     return ready, len(names), SIDECAR in names
+
+
+def app_pods(pods: dict, app: str, namespace: str | None = None) -> list[dict]:
+    """Every non-terminating pod labelled app=<app> (in the namespace, when one is given), by name."""
+    found = [
+        p
+        for p in pods.get("items", [])
+        if p["metadata"].get("labels", {}).get("app") == app
+        and "deletionTimestamp" not in p["metadata"]
+        and namespace in (None, p["metadata"].get("namespace"))
+    ]
+    return sorted(found, key=lambda p: p["metadata"]["name"])
+
+
+def sidecar_image(pod: dict) -> str | None:
+    """The image of the pod's istio-proxy container (a native sidecar among the init containers on
+    recent Kubernetes, else a container): what istiod injected when the pod was made."""
+    spec = pod.get("spec", {})
+    for container in [*spec.get("initContainers", []), *spec.get("containers", [])]:
+        if container.get("name") == SIDECAR:
+            return container.get("image")
+    return None
+
+
+def image_tag(image: str) -> str:
+    """An image reference's tag (docker.io/istio/proxyv2:1.30.4 -> 1.30.4; a digest after it is
+    dropped); an untagged reference is its digest, or `latest` as a registry reads it."""
+    name, _, digest = image.partition("@")
+    last = name.rsplit("/", 1)[-1]
+    if ":" in last:
+        return last.rsplit(":", 1)[1]
+    return digest or "latest"
+
+
+def pod_label(pod: dict) -> str:
+    return f"{pod['metadata'].get('namespace')}/{pod['metadata']['name']}"
 
 
 def seconds_to_ready(pod: dict) -> float | None:
@@ -190,8 +229,10 @@ def verify(
     namespaces: Mapping[str, str] | None = None,
     hardening: Mapping[str, Any] | None = None,
 ) -> Report:
-    """Every check of the proof; the report carries the measurements of Kata beside runc, and,
-    with 3 or more control planes (`ha`), the HA checks under "ha" (null otherwise).
+    """Every check of the proof; the report carries the measurements of Kata beside runc, the
+    meshed apps' sidecar versions against istiod's under "istio", what every node runs under
+    "versions", and, with 3 or more control planes (`ha`), the HA checks under "ha" (null
+    otherwise).
 
     `namespaces` maps an app to its namespace (the Kata app's sandbox, the runc twin's own): its
     pod is looked for there only. An app it does not name is looked for in every namespace.
@@ -225,6 +266,12 @@ def verify(
         report.problems.append(
             f"the request reached {app} without mutual TLS (no X-Forwarded-Client-Cert with a SPIFFE identity)"
         )
+    apps = {app: where.get(app), **({runc_twin: where.get(runc_twin)} if runc_twin else {})}
+    meshed = [
+        pod for name, namespace in apps.items() for pod in app_pods(facts.get("pods", {}), name, namespace)
+    ]
+    report.details["istio"] = _sidecar_versions(report, facts, meshed, where.get(app))
+    report.details["versions"] = node_versions(facts, evidence, meshed)
     report.details["hardening"] = None
     if hardening is not None:
         client = app_pod(facts.get("pods", {}), MESH_CLIENT, where.get(app))
@@ -239,6 +286,81 @@ def verify(
         report.problems.extend(ha_report.problems)
         report.details["ha"] = ha_report.details
     return report
+
+
+# --- Versions: the sidecars against istiod, and what every node runs ------------------------------
+
+
+def _sidecar_versions(
+    report: Report, facts: dict, meshed: Sequence[dict], client_namespace: str | None
+) -> dict[str, Any]:
+    """Each meshed app pod's istio-proxy must run istiod's version, or the pod predates an Istio
+    upgrade. istiod's version is the tag of the proxy it injects now: the one on the in-mesh client
+    that 96-mesh-facts.sh makes afresh each run (istiod's chart draws its own image's tag and the
+    injected proxy's from one value, global.tag)."""
+    client = app_pod(facts.get("pods", {}), MESH_CLIENT, client_namespace)
+    injected = sidecar_image(client) if client else None
+    istiod = image_tag(injected) if injected else None
+    sidecars: dict[str, str] = {}
+    for pod in meshed:
+        image = sidecar_image(pod)
+        if image is None:
+            # No sidecar at all: the pod's own check says so.
+            continue
+        name, tag = pod_label(pod), image_tag(image)
+        sidecars[name] = tag
+        if istiod is not None and tag != istiod:
+            app = pod["metadata"].get("labels", {}).get("app")
+            report.problems.append(
+                f"{name}'s {SIDECAR} runs Istio {tag} ({image}), not istiod's {istiod} (the proxy it "
+                f"injects now, {injected}): the pod predates the control plane's upgrade; restart it "
+                f"with kubectl -n {pod['metadata'].get('namespace')} rollout restart deployment/{app}"
+            )
+    if istiod is None and sidecars:
+        where = pod_label(client) if client else f"{MESH_CLIENT} (not found)"
+        report.problems.append(
+            f"could not tell istiod's version: the in-mesh client {where}, which istiod injects afresh "
+            f"each run, has no {SIDECAR} container in the facts"
+        )
+    return {
+        "istiod": istiod,
+        "injectedImage": injected,
+        "from": pod_label(client) if client else None,
+        "sidecars": sidecars,
+        "sidecarsMatch": istiod is not None and all(tag == istiod for tag in sidecars.values()),
+    }
+
+
+def kata_version(first_line: str | None) -> str | None:
+    """Kata's version from the first line of `kata-runtime --version` ("kata-runtime  : 3.32.0")."""
+    _, colon, version = (first_line or "").partition(":")
+    return (version.strip() or None) if colon else None
+
+
+def node_versions(facts: dict, evidence: Sequence[dict], meshed: Sequence[dict]) -> dict[str, dict[str, Any]]:
+    """What every node runs, by node name: kubelet and container runtime as its Node reports them
+    (status.nodeInfo), Kata as 95-kata-evidence.sh read it on the node (null where kata-runtime is
+    missing), and the istio-proxy version of each meshed app pod on it. Reported, never judged."""
+    infos = {
+        node["metadata"]["name"]: node.get("status", {}).get("nodeInfo", {})
+        for node in facts.get("nodes", {}).get("items", [])
+    }
+    katas = {e["node"]: kata_version(e.get("kataRuntime")) for e in evidence if e.get("node")}
+    proxies: dict[str, dict[str, str]] = {}
+    for pod in meshed:
+        image = sidecar_image(pod)
+        node = pod.get("spec", {}).get("nodeName")
+        if image is not None and node:
+            proxies.setdefault(node, {})[pod_label(pod)] = image_tag(image)
+    return {
+        node: {
+            "kubelet": infos.get(node, {}).get("kubeletVersion"),
+            "containerRuntime": infos.get(node, {}).get("containerRuntimeVersion"),
+            "kata": katas.get(node),
+            "istioProxy": proxies.get(node, {}),
+        }
+        for node in sorted({*infos, *katas, *proxies})
+    }
 
 
 # --- The hardening: three attempts that must fail ---------------------------------------------------

@@ -33,6 +33,8 @@ HTTPBIN_RESOURCES = {
 }
 HTTPBIN = "httpbin"
 RUNC_TWIN = "httpbin-runc"
+# The well-known node label that names each node: a topology domain per node.
+HOSTNAME_TOPOLOGY_KEY = "kubernetes.io/hostname"
 # Who may call httpbin: any workload with a mesh identity (SPIFFE ID
 # spiffe://<trust domain>/ns/<namespace>/sa/<service account>, which Istio's AuthorizationPolicy
 # sees as the principal without "spiffe://"). Istio matches a principal exactly, by prefix
@@ -47,6 +49,61 @@ def runc_namespace(namespace: str) -> str:
     return f"{namespace}{RUNC_TWIN_NAMESPACE_SUFFIX}"
 
 
+def app_deployment(
+    resource_name: str,
+    metadata: k8s.meta.v1.ObjectMetaArgs,
+    labels: dict[str, str],
+    service_account: str,
+    runtime_class: str | None,
+    container: k8s.core.v1.ContainerArgs,
+    opts: pulumi.ResourceOptions,
+    volumes: list[k8s.core.v1.VolumeArgs] | None = None,
+    replicas: int = 1,
+    spread_over_nodes: bool = False,
+) -> k8s.apps.v1.Deployment:
+    """A Deployment of one container, selected by its labels, in the given runtime. With
+    spread_over_nodes, no node takes a second replica while another eligible node has none (for two
+    replicas: never both on one node), so draining a node never takes every replica at once.
+
+    Eligible nodes are those of the pod's node selector (the Kata RuntimeClass's), tainted or
+    cordoned ones included (the constraint's default nodeTaintsPolicy): with two workers, a replica
+    evicted by a drain waits Pending for its node to come back rather than join the other one."""
+    spread = (
+        [
+            k8s.core.v1.TopologySpreadConstraintArgs(
+                topology_key=HOSTNAME_TOPOLOGY_KEY,
+                max_skew=1,
+                when_unsatisfiable="DoNotSchedule",
+                label_selector=k8s.meta.v1.LabelSelectorArgs(match_labels=labels),
+            )
+        ]
+        if spread_over_nodes
+        else None
+    )
+    return k8s.apps.v1.Deployment(
+        resource_name,
+        metadata=metadata,
+        spec=k8s.apps.v1.DeploymentSpecArgs(
+            replicas=replicas,
+            selector=k8s.meta.v1.LabelSelectorArgs(match_labels=labels),
+            template=k8s.core.v1.PodTemplateSpecArgs(
+                metadata=k8s.meta.v1.ObjectMetaArgs(labels=labels),
+                spec=k8s.core.v1.PodSpecArgs(
+                    service_account_name=service_account,
+                    runtime_class_name=runtime_class,
+                    containers=[container],
+                    volumes=volumes,
+                    topology_spread_constraints=spread,
+                ),
+            ),
+        ),
+        # Pods in Kata VMs start slowly under nested virtualization.
+        opts=pulumi.ResourceOptions.merge(
+            opts, pulumi.ResourceOptions(custom_timeouts=pulumi.CustomTimeouts(create="20m", update="20m"))
+        ),
+    )
+
+
 def one_replica_deployment(
     resource_name: str,
     metadata: k8s.meta.v1.ObjectMetaArgs,
@@ -57,27 +114,9 @@ def one_replica_deployment(
     opts: pulumi.ResourceOptions,
     volumes: list[k8s.core.v1.VolumeArgs] | None = None,
 ) -> k8s.apps.v1.Deployment:
-    """A one-replica Deployment of one container, selected by its labels, in the given runtime."""
-    return k8s.apps.v1.Deployment(
-        resource_name,
-        metadata=metadata,
-        spec=k8s.apps.v1.DeploymentSpecArgs(
-            replicas=1,
-            selector=k8s.meta.v1.LabelSelectorArgs(match_labels=labels),
-            template=k8s.core.v1.PodTemplateSpecArgs(
-                metadata=k8s.meta.v1.ObjectMetaArgs(labels=labels),
-                spec=k8s.core.v1.PodSpecArgs(
-                    service_account_name=service_account,
-                    runtime_class_name=runtime_class,
-                    containers=[container],
-                    volumes=volumes,
-                ),
-            ),
-        ),
-        # Pods in Kata VMs start slowly under nested virtualization.
-        opts=pulumi.ResourceOptions.merge(
-            opts, pulumi.ResourceOptions(custom_timeouts=pulumi.CustomTimeouts(create="20m", update="20m"))
-        ),
+    """A one-replica `app_deployment` (Bookinfo's workloads)."""
+    return app_deployment(
+        resource_name, metadata, labels, service_account, runtime_class, container, opts, volumes
     )
 
 
@@ -128,6 +167,13 @@ class HttpbinArgs:
     mesh_ready: pulumi.Resource
     runc_twin: bool
     gateway: bool
+    # httpbin's replicas: 2 (one per node, under a PodDisruptionBudget) with 2 or more workers,
+    # else 1 (see HttpbinApp._disruption_budget).
+    replicas: int
+
+    def __post_init__(self) -> None:
+        if self.replicas < 1:
+            raise ValueError(f"httpbin needs at least 1 replica, got {self.replicas}")
 
 
 def app_fingerprint(args: HttpbinArgs) -> str:
@@ -137,6 +183,7 @@ def app_fingerprint(args: HttpbinArgs) -> str:
         args.image,
         args.runc_twin,
         runc_namespace(args.namespace) if args.runc_twin else None,
+        args.replicas,
         RUNTIME_CLASS,
         KATA_POD_OVERHEAD,
         HTTPBIN_RESOURCES,
@@ -160,6 +207,7 @@ class HttpbinApp(pulumi.ComponentResource):
     deployment: k8s.apps.v1.Deployment
     twin_namespace: k8s.core.v1.Namespace | None
     twin: k8s.apps.v1.Deployment | None
+    disruption_budget: k8s.policy.v1.PodDisruptionBudget | None
     fingerprint: str
 
     def __init__(self, name: str, args: HttpbinArgs, opts: pulumi.ResourceOptions | None = None) -> None:
@@ -170,7 +218,9 @@ class HttpbinApp(pulumi.ComponentResource):
             parent=self, provider=args.provider, depends_on=[args.mesh_ready]
         )
         self.namespace = self._namespace(f"{name}-namespace", args.namespace, sandbox_namespace_labels())
-        self.service, self.deployment = self._app(name, HTTPBIN, self.namespace, RUNTIME_CLASS)
+        self.service, self.deployment, self.disruption_budget = self._app(
+            name, HTTPBIN, self.namespace, RUNTIME_CLASS, replicas=args.replicas
+        )
         self.twin_namespace, self.twin = None, None
         if args.runc_twin:
             # The same app under runc, in the same mesh: the seed's "several runtimes side by side".
@@ -179,7 +229,8 @@ class HttpbinApp(pulumi.ComponentResource):
                 runc_namespace(args.namespace),
                 {"istio-injection": "enabled", **MESHED_POD_SECURITY},
             )
-            _, self.twin = self._app(f"{name}-runc", RUNC_TWIN, self.twin_namespace, None)
+            # One replica: the twin is what Kata is measured beside, not the app that is served.
+            _, self.twin, _ = self._app(f"{name}-runc", RUNC_TWIN, self.twin_namespace, None, replicas=1)
         # Mesh-wide STRICT (components/mesh.py) covers this namespace too; this one keeps the
         # sandbox STRICT should the mesh-wide mode ever be relaxed (a namespace's policy wins).
         self.peer_authentication = k8s.apiextensions.CustomResource(
@@ -211,9 +262,15 @@ class HttpbinApp(pulumi.ComponentResource):
         return k8s.meta.v1.ObjectMetaArgs(name=name, namespace=namespace.metadata.name, labels=labels)
 
     def _app(
-        self, resource_name: str, app: str, namespace: k8s.core.v1.Namespace, runtime_class: str | None
-    ) -> tuple[k8s.core.v1.Service, k8s.apps.v1.Deployment]:
-        """The app's ServiceAccount (its mesh identity), Service, Deployment and AuthorizationPolicy."""
+        self,
+        resource_name: str,
+        app: str,
+        namespace: k8s.core.v1.Namespace,
+        runtime_class: str | None,
+        replicas: int,
+    ) -> tuple[k8s.core.v1.Service, k8s.apps.v1.Deployment, k8s.policy.v1.PodDisruptionBudget | None]:
+        """The app's ServiceAccount (its mesh identity), Service, Deployment and AuthorizationPolicy;
+        with 2 or more replicas, spread over nodes under a PodDisruptionBudget."""
         in_namespace = self._in(namespace)
         labels = {"app": app, "version": "v1"}
         account = k8s.core.v1.ServiceAccount(
@@ -251,7 +308,7 @@ class HttpbinApp(pulumi.ComponentResource):
         depends_on: list[pulumi.Resource] = [namespace, account]
         if runtime_class is not None:
             depends_on.append(self._args.runtime_class)
-        deployment = one_replica_deployment(
+        deployment = app_deployment(
             f"{resource_name}-deployment",
             self._metadata(app, namespace, labels),
             labels,
@@ -273,8 +330,40 @@ class HttpbinApp(pulumi.ComponentResource):
                 ),
             ),
             opts=pulumi.ResourceOptions.merge(in_namespace, pulumi.ResourceOptions(depends_on=depends_on)),
+            replicas=replicas,
+            spread_over_nodes=replicas > 1,
         )
-        return service, deployment
+        return service, deployment, self._disruption_budget(resource_name, app, namespace, labels, replicas)
+
+    def _disruption_budget(
+        self,
+        resource_name: str,
+        app: str,
+        namespace: k8s.core.v1.Namespace,
+        labels: dict[str, str],
+        replicas: int,
+    ) -> k8s.policy.v1.PodDisruptionBudget | None:
+        """`kubectl drain` (a rolling upgrade, node by node) evicts through the Eviction API, which
+        keeps minAvailable 1 of the app's pods Ready: one replica serves while the other's node is
+        drained, and the next node's drain waits until the moved replica is Ready again.
+
+        None with one replica: a budget of minAvailable 1 over a single pod lets no eviction
+        through, so draining its node would wait forever; without a budget it is evicted and the
+        app is down until it runs again elsewhere (not enough workers to do better)."""
+        if replicas < 2:
+            return None
+        return k8s.policy.v1.PodDisruptionBudget(
+            f"{resource_name}-disruption-budget",
+            metadata=self._metadata(app, namespace),
+            spec=k8s.policy.v1.PodDisruptionBudgetSpecArgs(
+                min_available=1,
+                selector=k8s.meta.v1.LabelSelectorArgs(match_labels=labels),
+                # A replica that is not Ready may be evicted even when the budget is not met: a
+                # drain is never held up by pods that serve nothing (Ready ones stay guarded).
+                unhealthy_pod_eviction_policy="AlwaysAllow",
+            ),
+            opts=self._in(namespace),
+        )
 
     def _route_from_gateway(self, name: str) -> None:
         """An Istio Gateway on the ingress gateway's port 80 and a route from it to httpbin."""

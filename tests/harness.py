@@ -368,7 +368,10 @@ class KataMeshMocks(pulumi_mocks.Mocks):
             return MOCK_CA_FINGERPRINT
         stack = pulumi.get_stack()
         if name.endswith("-kata-evidence"):
-            return json.dumps(sample_evidence(name.removesuffix("-kata-evidence")))
+            # With the first line of `kata-runtime --version`, as 95-kata-evidence.sh records it.
+            evidence = sample_evidence(name.removesuffix("-kata-evidence"))
+            evidence["kataRuntime"] = sample("kata-runtime-version.txt").splitlines()[0]
+            return json.dumps(evidence)
         if name.endswith("-mesh-facts"):
             # With the hardening's attempts as 96-mesh-facts.sh records them on the recordings
             # (tests/test_proof_hardening.py checks the script makes exactly this document).

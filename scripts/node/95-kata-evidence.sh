@@ -3,7 +3,8 @@
 # namespaces (the Kata app's and the runc twin's), as one JSON document on stdout. The program
 # judges it (components/verification.py); this only gathers: crictl's view of each pod sandbox
 # (runtime handler), the processes running (Kata's shim, QEMU, virtiofsd beside runc's shims), the
-# node's kernel, and each pod's cgroup memory.
+# node's kernel, each pod's cgroup memory, and Kata's version (the first line of
+# `kata-runtime --version`, "kata-runtime  : <version>"; empty where kata-runtime is missing).
 set -euo pipefail
 if ! declare -F km_parse_args >/dev/null; then
   # shellcheck source=lib.sh
@@ -41,6 +42,8 @@ for id in $(jq -r '.items[].id' "$work/pods.json"); do
   fi
 done
 ps -e -o args= >"$work/processes"
+kata_runtime=$(kata-runtime --version 2>/dev/null) || kata_runtime=""
+kata_runtime=${kata_runtime%%$'\n'*}
 
 jq -n \
   --arg node "$(hostname)" \
@@ -49,4 +52,6 @@ jq -n \
   --slurpfile inspect "$work/inspect.json" \
   --slurpfile memory "$work/memory.json" \
   --rawfile processes "$work/processes" \
-  '{node: $node, kernel: $kernel, pods: $pods[0], inspect: $inspect[0], memory: $memory[0], processes: $processes}'
+  --arg kataRuntime "$kata_runtime" \
+  '{node: $node, kernel: $kernel, pods: $pods[0], inspect: $inspect[0], memory: $memory[0], processes: $processes,
+    kataRuntime: $kataRuntime}'

@@ -180,7 +180,7 @@ for entry in "${apps[@]}"; do
   app_ns=${entry%/*} app=${entry#*/}
   kubectl -n "$app_ns" get pods -l "app=$app" -o json >"$work/app-pods.json"
   pod=$(jq -r --arg app "$app" '[.items[] | select(.metadata.labels.app == $app)
-    | select(.metadata.deletionTimestamp == null)] | sort_by(.metadata.creationTimestamp)
+    | select(.metadata.deletionTimestamp == null)] | sort_by(.metadata.creationTimestamp, .metadata.name)
     | last | .metadata.name // empty' "$work/app-pods.json")
   [[ -n $pod ]] || continue
   kernel=$(kubectl -n "$app_ns" exec "$pod" -c httpbin -- uname -r 2>/dev/null || true)
