@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import functools
 
 import pytest
 import yaml
@@ -183,20 +184,22 @@ def test_workers_carry_the_kata_label_and_the_control_plane_stays_tainted(stack)
         assert join["discovery"]["bootstrapToken"]["token"] == MOCK_TOKEN
 
 
+@functools.cache
+def without_workers() -> ProgramRun:
+    """dev with workerCount 0, one run shared by the tests that read it."""
+    return run_program("dev", preview=False, overrides={f"{PROJECT}:workerCount": 0})
+
+
 def test_the_control_plane_taint_and_label_follow_the_worker_count_on_every_run():
     with_workers = args_of(command(run("dev"), "cluster-init").inputs["create"])
-    without = args_of(
-        command(
-            run_program("dev", preview=False, overrides={f"{PROJECT}:workerCount": 0}), "cluster-init"
-        ).inputs["create"]
-    )
+    without = args_of(command(without_workers(), "cluster-init").inputs["create"])
     assert (with_workers["--takes-workloads"], without["--takes-workloads"]) == ("false", "true")
     assert with_workers["--kata-label"] == "katacontainers.io/kata-runtime=true"
     assert with_workers["--node-name"] == "kata-mesh-dev-cp-0"
 
 
 def test_with_no_workers_the_control_plane_takes_kata_workloads():
-    program = run_program("dev", preview=False, overrides={f"{PROJECT}:workerCount": 0})
+    program = without_workers()
     init = config_documents(command(program, "cluster-init"))["InitConfiguration"]["nodeRegistration"]
     assert init["taints"] == []
     assert {"name": "node-labels", "value": "katacontainers.io/kata-runtime=true"} in init["kubeletExtraArgs"]

@@ -231,6 +231,8 @@ def encryption_config(registration: Registration) -> dict:
     return document
 
 
+# Runs of the program of their own: with the system tests (the plain suite's time budget).
+@pytest.mark.system
 @pytest.mark.parametrize("count", [3, 5])
 def test_the_encryption_key_is_random_secret_on_stdin_only_and_every_control_plane_gets_it(count):
     """The EncryptionConfiguration's secretbox key is a RandomBytes' 32 bytes; the whole file
@@ -384,6 +386,8 @@ def test_a_removed_control_plane_leaves_the_load_balancer_before_etcd_and_etcd_b
         assert "etcdctl" in str(step.inputs["stdin"]) and "member remove" in str(step.inputs["stdin"])
 
 
+# Runs of the program of their own: with the system tests (the plain suite's time budget).
+@pytest.mark.system
 @pytest.mark.parametrize(("allow", "shrink"), [(False, "refused"), (True, "allowed")])
 def test_the_shrink_policy_on_cp0_follows_the_setting_and_says_destroying_when_deleted(allow, shrink):
     program = scaled(3, allow_shrink=allow)

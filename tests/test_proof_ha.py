@@ -767,6 +767,8 @@ def test_a_stack_with_three_control_planes_proves_ha_after_the_mesh_facts_and_be
         assert report["ha"]["api"]["throughLoadBalancer"] is True
 
 
+# Runs of the program of their own: with the system tests (the plain suite's time budget).
+@pytest.mark.system
 def test_without_workers_the_first_control_plane_probes_and_says_it_is_not_through_the_load_balancer():
     stack = ha_stacks()[0]
     program = run_program(stack, preview=False, overrides={f"{PROJECT}:workerCount": 0})
@@ -780,6 +782,8 @@ def test_without_workers_the_first_control_plane_probes_and_says_it_is_not_throu
     assert (report["ha"]["api"]["from"], report["ha"]["api"]["throughLoadBalancer"]) == (names[0], False)
 
 
+# Runs of the program of their own: with the system tests (the plain suite's time budget).
+@pytest.mark.system
 def test_five_control_planes_run_the_ha_steps_and_the_gathering_of_the_app_again():
     stack = ha_stacks()[0]
     three = cached_run(stack)

@@ -163,6 +163,8 @@ def test_a_mirror_serves_the_same_files_with_the_same_checksums():
         }
 
 
+# Two more runs of the program: with the system tests (the plain suite's time budget).
+@pytest.mark.system
 def test_bumping_kata_reruns_no_provisioning_step_and_rolls_the_nodes_one_by_one(monkeypatch):
     current = run_program("dev", preview=False)
     bumped_release = dataclasses.replace(

@@ -7,6 +7,8 @@ tests/test_rollout_scripts.py."""
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from harness import PROJECT, STACKS, assert_connects_to, cached_run, command_args, run_program, unsecret_value
 from test_ha import max_concurrent
@@ -61,7 +63,7 @@ def test_control_planes_then_workers_one_node_at_a_time(stack):
     nodes = rollout_order(program)
     chain = [step.urn for node in nodes for step in turn(program, node)]
     # Each step waits for the one before it, across nodes: one node out of service at a time.
-    for before, after in zip(chain, chain[1:], strict=False):
+    for before, after in itertools.pairwise(chain):
         assert before in graph.ancestors(after), (before, after)
     assert max_concurrent(graph, chain) == 1
     # The roles kubeadm's order asks for: upgrade apply on cp-0, upgrade node elsewhere.

@@ -371,6 +371,8 @@ def test_private_stacks_have_a_small_bastion_a_cloud_router_and_nat_and_public_o
     ]
 
 
+# Runs of the program of their own: with the system tests (the plain suite's time budget).
+@pytest.mark.system
 @pytest.mark.parametrize("stack", STACKS)
 def test_control_plane_vms_are_protected_unless_the_stack_allows_their_replacement(stack):
     program = run(stack, False)
