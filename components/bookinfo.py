@@ -10,7 +10,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from components.admission import sandbox_namespace_labels
-from components.workloads import RUNTIME_CLASS, one_replica_deployment
+from components.workloads import RUNTIME_CLASS, app_deployment
 
 BOOKINFO_IMAGE = "docker.io/istio/examples-bookinfo-{service}-{version}:1.20.3"
 BOOKINFO_PORT = 9080
@@ -89,7 +89,7 @@ class Bookinfo(pulumi.ComponentResource):
     ) -> k8s.apps.v1.Deployment:
         labels = {"app": service, "version": version}
         volumes = [f"writable-{i}" for i in range(len(writable))]
-        return one_replica_deployment(
+        return app_deployment(
             f"{name}-{service}-{version}",
             metadata(f"{service}-{version}", labels),
             labels,

@@ -104,22 +104,6 @@ def app_deployment(
     )
 
 
-def one_replica_deployment(
-    resource_name: str,
-    metadata: k8s.meta.v1.ObjectMetaArgs,
-    labels: dict[str, str],
-    service_account: str,
-    runtime_class: str | None,
-    container: k8s.core.v1.ContainerArgs,
-    opts: pulumi.ResourceOptions,
-    volumes: list[k8s.core.v1.VolumeArgs] | None = None,
-) -> k8s.apps.v1.Deployment:
-    """A one-replica `app_deployment` (Bookinfo's workloads)."""
-    return app_deployment(
-        resource_name, metadata, labels, service_account, runtime_class, container, opts, volumes
-    )
-
-
 class KataRuntimeClass(pulumi.ComponentResource):
     """RuntimeClass kata-runtime (handler kata), scheduled only onto nodes labelled for Kata, and
     the admission policy that admits nothing else in namespaces labelled kata-mesh.io/sandbox=true.

@@ -40,36 +40,10 @@ CA_HASH = "9f2c1e7b3a5d48c6e0f1a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f7"
 JOIN = f"kubeadm join 192.0.2.10:6443 --token abcdef.0123456789abcdef --discovery-token-ca-cert-hash sha256:{CA_HASH} \n"
 
 # The kubeadm-config ConfigMap's ClusterConfiguration as kubeadm (v1.31, v1beta4) stores it: its
-# keys sorted, so apiVersion is not the first line.
-CLUSTER_CONFIGURATION = """\
-apiServer:
-  certSANs:
-  - 192.0.2.10
-  extraArgs:
-  - name: authorization-mode
-    value: Node,RBAC
-apiVersion: kubeadm.k8s.io/v1beta4
-caCertificateValidityPeriod: 87600h0m0s
-certificateValidityPeriod: 8760h0m0s
-certificatesDir: /etc/kubernetes/pki
-clusterName: kubernetes
-controlPlaneEndpoint: 192.0.2.10:6443
-controllerManager: {}
-dns: {}
-encryptionAlgorithm: RSA-2048
-etcd:
-  local:
-    dataDir: /var/lib/etcd
-imageRepository: registry.k8s.io
-kind: ClusterConfiguration
-kubernetesVersion: v1.31.4
-networking:
-  dnsDomain: cluster.local
-  podSubnet: 10.244.0.0/16
-  serviceSubnet: 10.96.0.0/12
-proxy: {}
-scheduler: {}
-"""
+# keys sorted, so apiVersion is not the first line (tests/samples/kubeadm).
+CLUSTER_CONFIGURATION = (
+    Path(__file__).parent / "samples" / "kubeadm" / "cluster-configuration.yaml"
+).read_text()
 
 # The calls, as the stand-ins log them (etcd_steps shows km_etcdctl's as `etcdctl ARGS`).
 READYZ = "kubectl get --raw=/readyz --request-timeout=5s"

@@ -48,6 +48,8 @@ KUBEADM_CONFIG_READ = (
     "kubectl -n kube-system get configmap kubeadm-config -o jsonpath={.data.ClusterConfiguration}"
 )
 # What `kubectl get node` is asked in 89's wait: the kubelet's version and the Ready condition.
+# kubeadm-config's ClusterConfiguration as kubeadm stores it (tests/samples/kubeadm).
+SAMPLES = Path(__file__).parent / "samples"
 READY_JSONPATH = 'jsonpath={.status.nodeInfo.kubeletVersion} {.status.conditions[?(@.type=="Ready")].status}'
 
 # kubectl, as cp-0's admin.conf sees the cluster: kubeadm-config's ClusterConfiguration (as kubeadm
@@ -60,35 +62,7 @@ KUBECTL = r"""[[ ${KUBECONFIG:-} == /etc/kubernetes/admin.conf ]] ||
 ready_jsonpath='jsonpath={.status.nodeInfo.kubeletVersion} {.status.conditions[?(@.type=="Ready")].status}'
 if [[ $# == 7 && "$*" == "-n kube-system get configmap kubeadm-config -o jsonpath={.data.ClusterConfiguration}" ]]; then
   [[ -f $state/cluster-version ]] || { echo 'Error from server (NotFound): configmaps "kubeadm-config" not found' >&2; exit 1; }
-  cat <<EOF
-apiServer:
-  certSANs:
-  - 192.0.2.10
-  extraArgs:
-  - name: audit-log-path
-    value: /var/log/kubernetes/audit/audit.log
-apiVersion: kubeadm.k8s.io/v1beta4
-caCertificateValidityPeriod: 87600h0m0s
-certificateValidityPeriod: 8760h0m0s
-certificatesDir: /etc/kubernetes/pki
-clusterName: kubernetes
-controlPlaneEndpoint: 192.0.2.10:6443
-controllerManager: {}
-dns: {}
-encryptionAlgorithm: RSA-2048
-etcd:
-  local:
-    dataDir: /var/lib/etcd
-imageRepository: registry.k8s.io
-kind: ClusterConfiguration
-kubernetesVersion: $(<"$state/cluster-version")
-networking:
-  dnsDomain: cluster.local
-  podSubnet: 10.244.0.0/16
-  serviceSubnet: 10.96.0.0/12
-proxy: {}
-scheduler: {}
-EOF
+  sed "s/^kubernetesVersion: .*/kubernetesVersion: $(<"$state/cluster-version")/" @CLUSTER_CONFIGURATION@
   exit 0
 fi
 case "${1:-}" in
@@ -125,7 +99,7 @@ case "${1:-}" in
 esac
 echo "kubectl stand-in: unexpected call: kubectl $*" >&2
 exit 2
-"""
+""".replace("@CLUSTER_CONFIGURATION@", str(SAMPLES / "kubeadm" / "cluster-configuration.yaml"))
 
 # kubeadm, upgrading what the apt stand-in installed: it refuses a target above its own version
 # (as kubeadm does: "Upgrade kubeadm first"); `upgrade plan` fails on $state/kubeadm-plan-fails;
