@@ -36,7 +36,6 @@ from harness import (
     cached_run,
     require_charts,
     require_helm,
-    run_program,
 )
 
 from offline import charts
@@ -686,7 +685,7 @@ def test_the_strict_schema_check_catches_a_wrong_field_in_the_policy():
 def test_the_binding_follows_its_policy_and_kata_workloads_follow_the_binding(stack, preview):
     """A binding whose policy is missing refuses every sandbox pod (failurePolicy Fail); and the
     app's pods are first admitted under the policy: the RuntimeClass they wait for comes after it."""
-    program = run_program(stack, preview) if preview else cached_run(stack)
+    program = cached_run(stack, preview)
     policy = program.one(POLICY, "kata-runtime-admission-policy")
     binding = program.one(BINDING, "kata-runtime-admission-binding")
     runtime_class = program.one(RUNTIME_CLASS, "kata-runtime")

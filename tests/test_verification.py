@@ -16,6 +16,7 @@ from harness import (
     SAMPLES,
     STACKS,
     assert_connects_to,
+    cached_run,
     command_args,
     node_vms,
     require_tool,
@@ -514,7 +515,7 @@ def test_secret_arguments_sent_on_stdin_reach_the_script():
 
 @pytest.mark.parametrize("stack", STACKS)
 def test_every_stack_ends_with_the_proof_after_the_app(stack):
-    program = run_program(stack, preview=False)
+    program = cached_run(stack)
     facts = program.one(COMMAND, "proof-mesh-facts")
     deployment = program.one("kubernetes:apps/v1:Deployment", "httpbin-deployment")
     assert deployment.urn in facts.dependencies
@@ -533,7 +534,7 @@ def test_every_stack_ends_with_the_proof_after_the_app(stack):
 
 @pytest.mark.parametrize("stack", STACKS)
 def test_the_proof_looks_for_each_app_in_its_namespace_and_runs_its_client_in_kata(stack):
-    program = run_program(stack, preview=False)
+    program = cached_run(stack)
     twin = stack == "dev"
     facts = command_args(program.one(COMMAND, "proof-mesh-facts").inputs["create"])
     assert facts["--namespace"] == "httpbin"
