@@ -475,6 +475,11 @@ def test_kubernetes_first_run_installs_the_pinned_packages_held_and_keeps_the_pi
         "image-endpoint: unix:///run/containerd/containerd.sock\ntimeout: 30\n"
     )
     assert result.calls[-1] == "systemctl enable --quiet kubelet"
+    # The rollout a new VM is at (83-rollout-check.sh compares it), and what a later rollout at the
+    # same version does not owe this node (88-rollout-kubernetes.sh): a kubelet restart, an upgrade.
+    assert files["/var/lib/kata-mesh/rollout"][:2] == (arg(step, "rollout") + "\n", 0o644)
+    assert files["/var/lib/kata-mesh/installed/kubelet-restarted"][0] == "1.36.4\n"
+    assert files["/var/lib/kata-mesh/installed/kubeadm-upgrade-node"][0] == "1.36.4\n"
 
 
 def test_kubernetes_second_run_downloads_and_installs_nothing(node, server, tmp_path):
