@@ -42,7 +42,7 @@ done
 
 # The cluster's own settings (kubeadm keeps them in the kubeadm-config ConfigMap) for the upload:
 # this node has no kubeadm init config of its own.
-cluster_config=$(kubectl -n kube-system get configmap kubeadm-config -o jsonpath='{.data.ClusterConfiguration}') ||
+cluster_config=$(km_cluster_configuration) ||
   km_die "could not read the kubeadm-config ConfigMap; nothing was changed"
 api_version=$(sed -n 's/^apiVersion: *//p' <<<"$cluster_config" | head -n 1)
 if [[ $api_version != kubeadm.k8s.io/* ]] || ! grep -qx 'kind: ClusterConfiguration' <<<"$cluster_config"; then

@@ -15,7 +15,7 @@ arg_rollout=""
 arg_marker=""
 km_parse_args "$@"
 km_require_args rollout marker
-[[ $arg_rollout =~ ^[0-9a-f]{64}$ ]] || km_die "--rollout must be a sha256 (64 lowercase hex digits), not: $arg_rollout"
+km_require_rollout "$arg_rollout"
 [[ $arg_marker == /?*/?* ]] || km_die "--marker must be an absolute path in a folder, not: $arg_marker"
 
 if [[ -f $arg_marker && $(<"$arg_marker") == "$arg_rollout" ]]; then

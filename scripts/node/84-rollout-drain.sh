@@ -18,13 +18,12 @@ arg_rollout=""
 arg_timeout_seconds=""
 km_parse_args "$@"
 km_require_args node_name kubernetes_version rollout timeout_seconds
-[[ $arg_rollout =~ ^[0-9a-f]{64}$ ]] || km_die "--rollout must be a sha256 (64 lowercase hex digits), not: $arg_rollout"
+km_require_rollout "$arg_rollout"
 [[ $arg_timeout_seconds =~ ^[1-9][0-9]*$ ]] ||
   km_die "--timeout-seconds must be a whole number of seconds, not: $arg_timeout_seconds"
 export KUBECONFIG=$km_admin_kubeconfig
 
-live=$(kubectl -n kube-system get configmap kubeadm-config -o jsonpath='{.data.ClusterConfiguration}' |
-  sed -n 's/^kubernetesVersion: *//p') || km_die "could not read the cluster's version (kubeadm-config); nothing was changed"
+live=$(km_cluster_kubernetes_version)
 km_check_kubernetes_upgrade "$live" "$arg_kubernetes_version"
 
 case $arg_needed in

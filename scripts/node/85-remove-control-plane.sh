@@ -62,15 +62,12 @@ else
   km_etcd_health ||
     km_die "could not read etcd's endpoint health (etcdctl printed: ${km_health_output:-nothing}); nothing was changed"
   km_etcd_unhealthy_survivors
-  remaining=${#km_survivors[@]}
-  healthy=$((remaining - ${#km_unhealthy[@]}))
-  quorum=$((remaining / 2 + 1))
-  km_log "etcd: $km_voters voting members; without $name, $healthy of $remaining healthy (quorum $quorum)"
-  if ((healthy < quorum)); then
-    km_die "removing $name from etcd would leave it without quorum: of the $remaining members that would remain, $healthy healthy where $quorum are needed; unhealthy: ${km_unhealthy[*]}. Bring them back first, then run pulumi up again; nothing was changed"
+  km_log "etcd: $km_voters voting members; without $name, $km_healthy_remaining of $km_remaining healthy (quorum $km_quorum)"
+  if ((km_healthy_remaining < km_quorum)); then
+    km_die "removing $name from etcd would leave it without quorum: of the $km_remaining members that would remain, $km_healthy_remaining healthy where $km_quorum are needed; unhealthy: ${km_unhealthy[*]}. Bring them back first, then run pulumi up again; nothing was changed"
   fi
-  if ((km_voters >= 3 && remaining < 3)) && [[ $policy != allowed ]]; then
-    km_die "removing $name would leave etcd with $remaining member(s), which tolerate no member failure: one control plane down would stop the cluster. To go below 3 control planes anyway: pulumi config set allowControlPlaneShrink true, then pulumi up again; or keep controlPlaneCount as it was; nothing was changed"
+  if ((km_voters >= 3 && km_remaining < 3)) && [[ $policy != allowed ]]; then
+    km_die "removing $name would leave etcd with $km_remaining member(s), which tolerate no member failure: one control plane down would stop the cluster. To go below 3 control planes anyway: pulumi config set allowControlPlaneShrink true, then pulumi up again; or keep controlPlaneCount as it was; nothing was changed"
   fi
 fi
 

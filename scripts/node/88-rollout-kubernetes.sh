@@ -27,14 +27,13 @@ km_parse_args "$@"
 km_require_args node_name role kubernetes_version apt_repository cni_tarball cni_sha256 rollout marker
 version=${arg_kubernetes_version#v}
 [[ $version =~ ^[0-9]+\.[0-9]+\.[0-9]+$ ]] || km_die "--kubernetes-version must be MAJOR.MINOR.PATCH, not: $arg_kubernetes_version"
-[[ $arg_rollout =~ ^[0-9a-f]{64}$ ]] || km_die "--rollout must be a sha256 (64 lowercase hex digits), not: $arg_rollout"
+km_require_rollout "$arg_rollout"
 case $arg_role in first | control-plane | worker) ;; *) km_die "--role must be first, control-plane or worker, not: $arg_role" ;; esac
 
 if [[ $arg_role == first ]]; then
   # What the cluster runs, and whether kubeadm can go from there: before this node changes.
   export KUBECONFIG=$km_admin_kubeconfig
-  live=$(kubectl -n kube-system get configmap kubeadm-config -o jsonpath='{.data.ClusterConfiguration}' |
-    sed -n 's/^kubernetesVersion: *//p') || km_die "could not read the cluster's version (kubeadm-config); nothing was changed"
+  live=$(km_cluster_kubernetes_version)
   [[ ${live#v} == "$version" ]] || km_check_kubernetes_upgrade "$live" "$version"
 fi
 km_kubernetes_apt_source "$arg_apt_repository"

@@ -17,7 +17,7 @@ arg_rollout=""
 arg_timeout_seconds=""
 km_parse_args "$@"
 km_require_args node_name kubernetes_version rollout timeout_seconds
-[[ $arg_rollout =~ ^[0-9a-f]{64}$ ]] || km_die "--rollout must be a sha256 (64 lowercase hex digits), not: $arg_rollout"
+km_require_rollout "$arg_rollout"
 [[ $arg_timeout_seconds =~ ^[1-9][0-9]*$ ]] ||
   km_die "--timeout-seconds must be a whole number of seconds, not: $arg_timeout_seconds"
 case $arg_needed in

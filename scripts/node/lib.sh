@@ -166,6 +166,25 @@ km_install_kubernetes_packages() {
   done
 }
 
+# km_cluster_configuration: the ClusterConfiguration kubeadm keeps in the kubeadm-config
+# ConfigMap (the cluster's own settings and the version it runs), on stdout. Needs KUBECONFIG.
+km_cluster_configuration() {
+  kubectl -n kube-system get configmap kubeadm-config -o jsonpath='{.data.ClusterConfiguration}'
+}
+
+# km_cluster_kubernetes_version: the version the cluster runs (kubeadm-config's kubernetesVersion,
+# vX.Y.Z), on stdout; dies, changing nothing, when it cannot be read.
+km_cluster_kubernetes_version() {
+  local config
+  config=$(km_cluster_configuration) || km_die "could not read the cluster's version (kubeadm-config); nothing was changed"
+  sed -n 's/^kubernetesVersion: *//p' <<<"$config"
+}
+
+# km_require_rollout ROLLOUT: dies unless ROLLOUT is a rollout's sha256 (components/rollout.py).
+km_require_rollout() {
+  [[ $1 =~ ^[0-9a-f]{64}$ ]] || km_die "--rollout must be a sha256 (64 lowercase hex digits), not: $1"
+}
+
 # km_check_kubernetes_upgrade LIVE TARGET: dies, changing nothing, when kubeadm cannot take the
 # cluster from version LIVE to TARGET (vX.Y.Z or X.Y.Z): a downgrade, or more than one minor up
 # (kubeadm upgrades one minor at a time).
@@ -248,13 +267,18 @@ km_etcd_healthy() {
 }
 
 # km_etcd_unhealthy_survivors: sets km_unhealthy, the survivors (km_etcd_members) none of whose
-# client URLs answered (km_etcd_health).
+# client URLs answered (km_etcd_health), and what they make of a quorum once the member goes:
+# km_remaining (their count), km_healthy_remaining, km_quorum (remaining / 2 + 1).
+# shellcheck disable=SC2034 # read by the step scripts
 km_etcd_unhealthy_survivors() {
   local label
   km_unhealthy=()
   for label in "${km_survivors[@]}"; do
     km_etcd_healthy "${km_survivor_urls[$label]}" || km_unhealthy+=("$label")
   done
+  km_remaining=${#km_survivors[@]}
+  km_healthy_remaining=$((km_remaining - ${#km_unhealthy[@]}))
+  km_quorum=$((km_remaining / 2 + 1))
 }
 
 # km_forget_member NAME TIMEOUT: forgets control plane NAME's old VM, as its replacement is about to
@@ -265,7 +289,7 @@ km_etcd_unhealthy_survivors() {
 # not hold. Needs the admin kubeconfig and this node's etcd (km_etcdctl).
 # shellcheck disable=SC2034 # km_forgotten is read by the step scripts
 km_forget_member() {
-  local name=$1 timeout=$2 member_id count healthy quorum
+  local name=$1 timeout=$2 member_id
   # One membership change at a time, with the removals of 85-remove-control-plane.sh too: each one
   # checks the membership the previous one left.
   mkdir -p /run/lock
@@ -297,12 +321,9 @@ km_forget_member() {
   # 3. The quorum of the members that remain (removing a dead member only makes it easier to keep,
   # but a cluster that lost it already must not be reconfigured behind its back).
   km_etcd_unhealthy_survivors
-  count=${#km_survivors[@]}
-  healthy=$((count - ${#km_unhealthy[@]}))
-  quorum=$((count / 2 + 1))
-  km_log "etcd: $name (member $member_id) does not answer; without it, $healthy of $count healthy (quorum $quorum)"
-  if ((healthy < quorum)); then
-    km_die "forgetting $name would leave etcd without quorum: of the $count members that would remain, $healthy healthy where $quorum are needed; unhealthy: ${km_unhealthy[*]}. Bring them back first, then run pulumi up again; nothing was changed"
+  km_log "etcd: $name (member $member_id) does not answer; without it, $km_healthy_remaining of $km_remaining healthy (quorum $km_quorum)"
+  if ((km_healthy_remaining < km_quorum)); then
+    km_die "forgetting $name would leave etcd without quorum: of the $km_remaining members that would remain, $km_healthy_remaining healthy where $km_quorum are needed; unhealthy: ${km_unhealthy[*]}. Bring them back first, then run pulumi up again; nothing was changed"
   fi
 
   # 4. The old VM's Node first, then its member: a run that fails after the Node is gone still finds
