@@ -21,14 +21,14 @@ import itertools
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
+import netns
 import pytest
 from harness import require_tool
 from node_sandbox import Result, Sandbox, require_sandbox
@@ -219,41 +219,14 @@ exit 0
 
 
 @dataclass
-class Netns:
-    name: str
-    nft_path: str
+class Netns(netns.Netns):
+    nft_path: str = "nft"
     holder: subprocess.Popen | None = None
-    processes: list[subprocess.Popen] = field(default_factory=list)
-
-    def run(
-        self, *command: str, check: bool = True, input: str | None = None
-    ) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(
-            ["ip", "netns", "exec", self.name, *command],
-            input=input,
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-        if check and result.returncode != 0:
-            raise AssertionError(f"{' '.join(command)} in {self.name}: {result.stderr}")
-        return result
 
     def nft(
         self, *args: str, input: str | None = None, check: bool = True
     ) -> subprocess.CompletedProcess[str]:
         return self.run(self.nft_path, *args, input=input, check=check)
-
-    def start(self, *command: str) -> subprocess.Popen:
-        process = subprocess.Popen(
-            ["ip", "netns", "exec", self.name, *command],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self.processes.append(process)
-        return process
 
     @property
     def id(self) -> str:
@@ -274,17 +247,6 @@ def namespace_id(path: str) -> str:
         return ""
 
 
-def _remove_netns(namespace: Netns) -> None:
-    for process in namespace.processes:
-        if process.poll() is None:
-            os.kill(process.pid, signal.SIGKILL)
-        process.wait(timeout=10)
-        for stream in (process.stdout, process.stderr):
-            if stream is not None:
-                stream.close()
-    subprocess.run(["ip", "netns", "delete", namespace.name], capture_output=True)
-
-
 class Namespaces(dict[str, Netns]):
     """This test's network namespaces by role, made on demand."""
 
@@ -294,7 +256,7 @@ class Namespaces(dict[str, Netns]):
         self.prefix = f"kmmd{os.getpid()}x{next(_names)}"
 
     def make(self, role: str) -> Netns:
-        namespace = Netns(f"{self.prefix}-{role}", self.nft_path)
+        namespace = Netns(f"{self.prefix}-{role}", nft_path=self.nft_path)
         subprocess.run(["ip", "netns", "add", namespace.name], check=True, capture_output=True)
         self[role] = namespace
         namespace.run("ip", "link", "set", "lo", "up")
@@ -321,7 +283,7 @@ def namespaces() -> Iterator[Namespaces]:
         yield made
     finally:
         for namespace in made.values():
-            _remove_netns(namespace)
+            netns.remove(namespace)
 
 
 @pytest.fixture

@@ -16,13 +16,13 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
+import netns
 import pytest
 from harness import ROOT, require_tool, unavailable
 
@@ -86,37 +86,12 @@ except OSError as error:
 
 
 @dataclass
-class Netns:
-    name: str
-    env: dict[str, str]
-    processes: list[subprocess.Popen] = field(default_factory=list)
-
-    def run(self, *command: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(
-            ["ip", "netns", "exec", self.name, *command],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            env=self.env,
-            cwd=ROOT,
-        )
-        if check and result.returncode != 0:
-            raise AssertionError(f"{' '.join(command)} in {self.name}: {result.stderr}")
-        return result
-
+class Netns(netns.Netns):
     def ip(self, command: str) -> None:
         self.run("ip", *command.split())
 
     def serve(self, name: str, host: str, port: str) -> None:
-        process = subprocess.Popen(
-            ["ip", "netns", "exec", self.name, sys.executable, "-I", "-S", "-c", SERVER, name, host, port],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=self.env,
-        )
-        self.processes.append(process)
+        process = self.start(sys.executable, "-I", "-S", "-c", SERVER, name, host, port)
         assert process.stdout is not None
         ready = process.stdout.readline()
         assert ready == "ready\n", process.stderr.read() if process.stderr else ready
@@ -141,17 +116,6 @@ class Netns:
             *args,
             check=False,
         )
-
-
-def _remove(namespace: Netns) -> None:
-    for process in namespace.processes:
-        if process.poll() is None:
-            os.kill(process.pid, signal.SIGKILL)
-        process.wait(timeout=10)
-        for stream in (process.stdout, process.stderr):
-            if stream is not None:
-                stream.close()
-    subprocess.run(["ip", "netns", "delete", namespace.name], capture_output=True)
 
 
 @dataclass
@@ -196,7 +160,7 @@ def lab() -> Iterator[Lab]:
         yield Lab(node, survivor)
     finally:
         for namespace in made:
-            _remove(namespace)
+            netns.remove(namespace)
 
 
 @pytest.fixture
