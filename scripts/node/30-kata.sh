@@ -58,14 +58,4 @@ done
 km_put_file "$prefix/share/defaults/kata-containers/config.d/$arg_dropin_name" 0644 \
   "$(base64 -d <<<"$arg_dropin_b64")"
 
-status=0
-report=$("$prefix/bin/kata-runtime" check --no-network-checks 2>&1) || status=$?
-if ((status != 0)) || [[ $report != *"System is capable of running Kata Containers"* ]]; then
-  km_die "kata-runtime check failed (exit $status); this node cannot run Kata:
-$report"
-fi
-if ((EUID == 0)) && [[ $report != *"System can currently create Kata Containers"* ]]; then
-  km_die "kata-runtime check: capable, but cannot currently create Kata Containers:
-$report"
-fi
-km_log "kata-runtime check passed"
+km_kata_check "$prefix"

@@ -113,6 +113,61 @@ km_apt_ensure() {
   km_apt install -y --no-install-recommends "${missing[@]}"
 }
 
+# km_kernel_prerequisites MODULES SYSCTLS (each a space-separated list): what kubeadm and Kata need
+# from the kernel, on a fresh VM (10-prerequisites.sh) and on one booted from a node image
+# (12-node-image.sh), whose files are baked but whose VM may still lack nested virtualization.
+# Swap off and kept off; the modules loaded and persisted; /dev/kvm present; the sysctls persisted,
+# applied when the file changed, and each one read back.
+km_kernel_prerequisites() {
+  local modules sysctls module setting key kvm_help
+  read -r -a modules <<<"$1"
+  read -r -a sysctls <<<"$2"
+  kvm_help="likely causes: nested virtualization is not enabled on this VM \
+(advancedMachineFeatures.enableNestedVirtualization), the organization policy \
+constraints/compute.disableNestedVirtualization forbids it, or the machine series has no Intel \
+VT-x (E2, AMD and Arm series)"
+
+  # Swap off now and after reboots: kubelet refuses to start with swap on.
+  swapoff -a
+  if grep -Eq '^[^#].*[[:space:]]swap[[:space:]]' /etc/fstab; then
+    sed -i -E 's/^([^#].*[[:space:]]swap[[:space:]].*)$/# \1/' /etc/fstab
+    km_log "commented out swap in /etc/fstab"
+  fi
+
+  grep -qw vmx /proc/cpuinfo || km_die "this CPU exposes no VT-x (vmx flag missing); $kvm_help"
+
+  km_put_file /etc/modules-load.d/kata-mesh.conf 0644 "$(printf '%s\n' "${modules[@]}")"
+  for module in "${modules[@]}"; do
+    modprobe "$module" || km_die "cannot load kernel module $module"
+  done
+  [[ -c /dev/kvm ]] || km_die "/dev/kvm is missing; $kvm_help"
+
+  km_put_file /etc/sysctl.d/99-kata-mesh.conf 0644 "$(printf '%s\n' "${sysctls[@]}")"
+  if $km_changed; then
+    sysctl --quiet --system
+  fi
+  for setting in "${sysctls[@]}"; do
+    key=${setting%%=*}
+    [[ $(sysctl -n "$key") == "${setting#*=}" ]] || km_die "sysctl $key is not ${setting#*=}"
+  done
+}
+
+# km_kata_check PREFIX: `kata-runtime check` of the Kata release in PREFIX must pass (offline: no
+# network checks), and as root it must also say that Kata can create VMs on this VM right now.
+km_kata_check() {
+  local prefix=${1%/} status=0 report
+  report=$("$prefix/bin/kata-runtime" check --no-network-checks 2>&1) || status=$?
+  if ((status != 0)) || [[ $report != *"System is capable of running Kata Containers"* ]]; then
+    km_die "kata-runtime check failed (exit $status); this node cannot run Kata:
+$report"
+  fi
+  if ((EUID == 0)) && [[ $report != *"System can currently create Kata Containers"* ]]; then
+    km_die "kata-runtime check: capable, but cannot currently create Kata Containers:
+$report"
+  fi
+  km_log "kata-runtime check passed"
+}
+
 # km_kubernetes_apt_source REPOSITORY: pkgs.k8s.io's apt repository of one minor (its URL names
 # the minor) as the only Kubernetes source, with its signing key, fetched again when the repository
 # changes (a minor upgrade).
