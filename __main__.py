@@ -24,6 +24,7 @@ from components.kubeadm_config import kubeconfig_period
 from components.mesh import IstioMesh, MeshArgs
 from components.mesh_rollout import MeshRollout, MeshRolloutArgs
 from components.network import API_PORT, Network, NetworkArgs
+from components.node_image import ImageInputs, baked_node_steps, find_node_image
 from components.node_provisioning import NodeProvisioning, NodeProvisioningArgs, ProvisioningSpec, node_steps
 from components.nodes import ClusterNodes, ClusterNodesArgs, MachineSpec
 from components.proof import OUTSIDE_NAMESPACE, Proof, ProofArgs, app_namespaces, fingerprint
@@ -34,6 +35,23 @@ from components.ssh_access import SshAccess, SshAccessArgs, SshHost, render_know
 from components.workloads import HTTPBIN_PORT, HttpbinApp, HttpbinArgs, KataRuntimeClass
 
 settings = load_settings()
+provisioning_spec = ProvisioningSpec(
+    kubernetes_version=settings.kubernetes_version,
+    kata=settings.kata,
+    artifact_mirror_url=settings.artifact_mirror_url,
+    pod_cidr=settings.pod_cidr,
+)
+# What every node runs and a rollout brings live nodes to (pins, checksums, configs).
+node_steps_for_stack = node_steps(provisioning_spec)
+# Baked: new VMs boot from the node image made for these inputs (refused, saying why, when there
+# is none) and run only what is theirs; stock: Ubuntu, and everything installed at boot.
+baked = settings.node_image == "baked"
+node_image = (
+    find_node_image(settings.stack, ImageInputs(settings.kubernetes_version, settings.kata), settings.project)
+    if baked
+    else None
+)
+boot_steps = baked_node_steps(provisioning_spec) if baked else node_steps_for_stack
 gateway_node_port = settings.gateway_node_port if settings.ingress_gateway else None
 
 network = Network(
@@ -94,16 +112,8 @@ nodes = ClusterNodes(
         authorized_key=ssh.public_key_openssh,
         bastion=bastion.ssh if bastion else None,
         allow_control_plane_replacement=settings.allow_control_plane_replacement,
+        image=node_image,
     ),
-)
-
-node_steps_for_stack = node_steps(
-    ProvisioningSpec(
-        kubernetes_version=settings.kubernetes_version,
-        kata=settings.kata,
-        artifact_mirror_url=settings.artifact_mirror_url,
-        pod_cidr=settings.pod_cidr,
-    )
 )
 provisioning = {
     vm.node_name: NodeProvisioning(
@@ -112,7 +122,7 @@ provisioning = {
             ssh=vm.ssh,
             instance_id=vm.instance_id,
             instance=vm.instance,
-            steps=node_steps_for_stack,
+            steps=boot_steps,
             # SSH must be open first, and stays open until the last SSH step is gone (destroy).
             # With private nodes, also Cloud NAT: the first steps download packages and releases.
             after=[network.ssh_firewall, *([network.nat, bastion.ready] if bastion else [])],
@@ -225,16 +235,18 @@ RenewalSchedule(
     RenewalScheduleArgs(control_planes=nodes.control_planes, served=backup_schedule.timers),
 )
 
+# Istio and the app's API objects once the API answers and the pod network is installed, not after
+# every node is Ready: istiod's release waits for its pod, which runs on the first node Ready.
 mesh = IstioMesh(
     "mesh",
     MeshArgs(
         istio_version=settings.istio_version,
         provider=cluster.provider,
-        cluster_ready=cluster.ready,
+        cluster_ready=cluster.pod_network,
         gateway_node_port=gateway_node_port,
     ),
 )
-kata_runtime = KataRuntimeClass("kata-runtime", cluster.provider, cluster.ready)
+kata_runtime = KataRuntimeClass("kata-runtime", cluster.provider, cluster.pod_network)
 app = HttpbinApp(
     "httpbin",
     HttpbinArgs(
@@ -274,14 +286,9 @@ proof_args = ProofArgs(
     api_endpoint=api.address.apply(lambda ip: f"{ip}:{API_PORT}"),
     # A worker is not a load-balancer backend, so its request really goes through it.
     probe_node=(nodes.workers or nodes.control_planes)[0],
-    # Runtime versions and node config (each step's content), a replaced VM, a new cluster.
-    vouched_for=fingerprint(
-        [
-            *(step.content_hash for step in node_steps_for_stack),
-            *(vm.instance_id for vm in nodes.all),
-            cluster.init.id,
-        ]
-    ),
+    # Runtime versions and node config (each step's content), a new cluster; a replaced VM
+    # replaces the proof's steps, an added one brings its own evidence (components/proof.py).
+    vouched_for=fingerprint([*(step.content_hash for step in node_steps_for_stack), cluster.init.id]),
 )
 # The proof acts in the cluster as this ServiceAccount only, with what its steps need.
 proof_access = ProofAccess(

@@ -318,6 +318,9 @@ class NodeProvisioningArgs:
     steps: Sequence[NodeStep]
     # What the first step waits for besides the VM (the bastion it goes through).
     after: Sequence[pulumi.Resource] = ()
+    # Every step runs once per VM, whatever changes later (a node image's builder: what it builds
+    # is named by its inputs hash, and a new hash is a new builder).
+    once_per_vm: bool = False
 
 
 class NodeProvisioning(pulumi.ComponentResource):
@@ -345,7 +348,7 @@ class NodeProvisioning(pulumi.ComponentResource):
                 ),
                 extra_triggers=[args.instance_id],
                 # A rolled step changes a live node only in its turn (components/rollout.py).
-                rerun_on_change=not step.rolled,
+                rerun_on_change=not (step.rolled or args.once_per_vm),
             )
             previous = self.steps[step.name]
         self.last = self.steps[args.steps[-1].name]

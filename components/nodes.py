@@ -197,6 +197,9 @@ class ClusterNodesArgs:
     bastion: SshTarget | None = None
     # Whether a control plane's VM may be replaced or deleted (allowControlPlaneReplacement).
     allow_control_plane_replacement: bool = True
+    # The image new VMs boot from: the stack's node image (components/node_image.py), or None for
+    # Ubuntu's current image of its family.
+    image: pulumi.Input[str] | None = None
 
 
 def zone_for(zones: tuple[str, ...], index: int) -> str:
@@ -221,10 +224,14 @@ class ClusterNodes(pulumi.ComponentResource):
             display_name=f"kata-mesh {args.stack} nodes",
             opts=child,
         )
-        image = gcp.compute.get_image_output(
-            family=UBUNTU_IMAGE_FAMILY,
-            project=UBUNTU_IMAGE_PROJECT,
-            opts=pulumi.InvokeOutputOptions(parent=self),
+        image = (
+            args.image
+            if args.image is not None
+            else gcp.compute.get_image_output(
+                family=UBUNTU_IMAGE_FAMILY,
+                project=UBUNTU_IMAGE_PROJECT,
+                opts=pulumi.InvokeOutputOptions(parent=self),
+            ).self_link
         )
 
         def node(role: str, index: int) -> NodeVm:
@@ -237,7 +244,7 @@ class ClusterNodes(pulumi.ComponentResource):
                     stack=args.stack,
                     zone=zone_for(args.machine.zones, index),
                     machine=args.machine,
-                    image=image.self_link,
+                    image=image,
                     subnet=args.subnet,
                     service_account_email=self.service_account.email,
                     ssh_keys_metadata=args.ssh_keys_metadata,

@@ -103,7 +103,8 @@ class ProofArgs:
     # runc pod is refused in the app's sandbox namespace).
     runc_namespace: str | None = None
     # A fingerprint of everything else the proof vouches for (the nodes' runtime versions and
-    # config, the VMs, the cluster): any change runs it again. See `fingerprint`.
+    # config, the cluster): any change runs it again. See `fingerprint`. A node's VM replaced
+    # replaces the proof's steps too (replace_with); a node added only adds its evidence.
     vouched_for: pulumi.Input[str] = ""
     # What else must be done first: the meshed apps' restart after an Istio upgrade
     # (components/mesh_rollout.py).
@@ -174,11 +175,16 @@ class Proof(pulumi.ComponentResource):
         cp = args.control_plane
         cp_connection = ssh_connection(cp.ssh)
         namespaces = app_namespaces(args)
+        # A node's VM replaced: its pods are gone and made again elsewhere, so every step gathers
+        # anew. A node added moves no pod: only its own evidence is new, and the verdict judges it.
+        again = pulumi.ResourceOptions(replace_with=[vm.instance for vm in args.nodes])
         facts = remote_step(
             f"{name}-mesh-facts",
             mesh_facts_step(args),
             cp_connection,
-            pulumi.ResourceOptions(parent=self, depends_on=[*args.app_resources, *args.after]),
+            pulumi.ResourceOptions.merge(
+                pulumi.ResourceOptions(parent=self, depends_on=[*args.app_resources, *args.after]), again
+            ),
             extra_triggers=triggers,
         )
         evidence_step = kata_evidence_step(args)
@@ -187,7 +193,7 @@ class Proof(pulumi.ComponentResource):
                 f"{vm.node_name}-kata-evidence",
                 evidence_step,
                 ssh_connection(vm.ssh),
-                pulumi.ResourceOptions(parent=self, depends_on=[facts]),
+                pulumi.ResourceOptions.merge(pulumi.ResourceOptions(parent=self, depends_on=[facts]), again),
                 extra_triggers=triggers,
             )
             for vm in args.nodes
@@ -219,7 +225,9 @@ class Proof(pulumi.ComponentResource):
             f"{name}-verdict",
             NodeStep("verdict", "97-verdict.sh", ()),
             cp_connection,
-            pulumi.ResourceOptions(parent=self, depends_on=[*evidence, *ha_steps]),
+            pulumi.ResourceOptions.merge(
+                pulumi.ResourceOptions(parent=self, depends_on=[*evidence, *ha_steps]), again
+            ),
             extra_triggers=triggers,
             args=gate_args,
         )

@@ -46,6 +46,7 @@ PROJECT_KEYS = (
     "sshPrivateKey",
     "kubernetesVersion",
     "kataVersion",
+    "nodeImage",
     "artifactMirrorUrl",
     "istioVersion",
     "istioCni",
@@ -63,6 +64,8 @@ PROJECT_KEYS = (
 )
 # Provider keys: region and zone come from the stack files, the project from each user.
 GCP_KEYS = ("gcp:project", "gcp:region", "gcp:zone")
+# nodeImage: the node image built for the stack's inputs (images/), or Ubuntu plus installs at boot.
+NODE_IMAGE_MODES = ("baked", "stock")
 SECRET_KEYS = frozenset({"sshPrivateKey"})
 # Settings of type array: `pulumi config set key value` would store a plain string, so their
 # fixes use `pulumi config set --path 'kata-mesh:key[0]' value` (the CLI's set has no --json).
@@ -254,6 +257,9 @@ class Settings:
     admin_user: str
     kubernetes_version: str
     kata_version: str
+    # "baked": nodes boot from the node image built for these inputs (images/); "stock": Ubuntu,
+    # with everything installed over SSH at boot.
+    node_image: str
     artifact_mirror_url: str | None
     istio_version: str
     ingress_gateway: bool
@@ -924,6 +930,7 @@ def _read(raw: Mapping[str, str | None], stack: str) -> tuple[_Reader, Settings 
     ssh_private_key = r.string("sshPrivateKey") or None
     kubernetes_version = r.string("kubernetesVersion")
     kata_version = r.string("kataVersion")
+    node_image = r.string("nodeImage")
     artifact_mirror_url = r.string("artifactMirrorUrl").rstrip("/") or None
     istio_version = r.string("istioVersion")
     istio_cni = r.boolean("istioCni")
@@ -999,6 +1006,14 @@ def _read(raw: Mapping[str, str | None], stack: str) -> tuple[_Reader, Settings 
             "`pulumi config set --secret sshPrivateKey < ~/.ssh/id_ed25519`, or unset it to generate one",
         )
     _check_versions(r, kubernetes_version, kata_version)
+    if node_image not in NODE_IMAGE_MODES:
+        r.problem(
+            "nodeImage",
+            node_image,
+            f"must be {' or '.join(NODE_IMAGE_MODES)}: baked boots nodes from the node image built "
+            f"for these versions (README, Node images), stock installs everything at boot, e.g. "
+            f"{set_command('nodeImage', 'stock')}",
+        )
     if artifact_mirror_url and not MIRROR_URL.match(artifact_mirror_url):
         r.problem(
             "artifactMirrorUrl",
@@ -1044,6 +1059,7 @@ def _read(raw: Mapping[str, str | None], stack: str) -> tuple[_Reader, Settings 
         admin_user=admin_user,
         kubernetes_version=kubernetes_version,
         kata_version=kata_version,
+        node_image=node_image,
         artifact_mirror_url=artifact_mirror_url,
         istio_version=istio_version,
         ingress_gateway=ingress_gateway,

@@ -89,6 +89,8 @@ class Registration:
     replace_with: list[str] = field(default_factory=list)
     # Pulumi refuses to delete it, or to replace it unless the program unprotects it in that update.
     protect: bool = False
+    # Each input's own dependencies: the resources whose outputs went into it.
+    property_dependencies: dict[str, list[str]] = field(default_factory=dict)
     # Pulumi forgets it at deletion and leaves the cloud resource as it is.
     retain_on_delete: bool = False
 
@@ -120,6 +122,9 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
                 replace_with=list(request.replace_with),
                 protect=bool(request.protect),
                 retain_on_delete=bool(request.retainOnDelete),
+                property_dependencies={
+                    key: list(value.urns) for key, value in request.propertyDependencies.items()
+                },
             )
         )
         return response
@@ -188,8 +193,11 @@ def run_program(
     preview: bool,
     config: Mapping[str, str],
     monitor: RecordingMonitor,
+    program_dir: Path = ROOT,
+    project: str = PROJECT,
 ) -> ProgramRun:
-    """Runs __main__.py for one stack, as `pulumi preview` (preview=True) or `pulumi up` would.
+    """Runs __main__.py for one stack, as `pulumi preview` (preview=True) or `pulumi up` would
+    (the images project's with program_dir images/ and its project name).
 
     A SettingsError (or any other error of the program) propagates as `pulumi up` would show it.
     """
@@ -197,7 +205,7 @@ def run_program(
     # set_mocks makes a root stack unless one exists; run_in_stack below makes the one the CLI
     # would, so a placeholder keeps the engine seeing exactly one stack.
     pulumi.runtime.settings.ROOT.set(object())  # type: ignore[arg-type]
-    pulumi.runtime.set_mocks(monitor.mocks, project=PROJECT, stack=stack, preview=preview, monitor=monitor)
+    pulumi.runtime.set_mocks(monitor.mocks, project=project, stack=stack, preview=preview, monitor=monitor)
     pulumi.runtime.settings.ROOT.set(None)
     # Context properties of the SDK's settings, which type checkers cannot see.
     settings: Any = pulumi.runtime.settings.SETTINGS
@@ -207,10 +215,10 @@ def run_program(
         sys.path.insert(0, str(ROOT))
 
     def program() -> None:
-        runpy.run_path(str(ROOT / "__main__.py"), run_name="__main__")
+        runpy.run_path(str(program_dir / "__main__.py"), run_name="__main__")
 
     _sync_await(run_in_stack(program))
-    stack_urn = f"urn:pulumi:{stack}::{PROJECT}::pulumi:pulumi:Stack::{PROJECT}-{stack}"
+    stack_urn = f"urn:pulumi:{stack}::{project}::pulumi:pulumi:Stack::{project}-{stack}"
     return ProgramRun(
         stack,
         preview,
@@ -218,6 +226,31 @@ def run_program(
         monitor.resource_outputs.get(stack_urn, {}),
         {urn: dict(resource.state) for urn, resource in monitor.resources.items()},
     )
+
+
+def node_images_listed(
+    filter_: str, project: str | None, existing: list[str] | None = None
+) -> list[dict[str, Any]]:
+    """What GCE's images.list answers for a stack's lookup of its node image (by name) or for its
+    family: `existing` names the images that exist, None that every image asked for by name exists,
+    made and labelled by images/ (the family then lists nothing else)."""
+    from components.node_image import IMAGE_FAMILY, INPUTS_LABEL
+
+    def image(name: str) -> dict[str, Any]:
+        return {
+            "name": name,
+            "family": IMAGE_FAMILY,
+            "labels": {INPUTS_LABEL: name.removeprefix(f"{IMAGE_FAMILY}-")},
+            "selfLink": f"https://www.googleapis.com/compute/v1/projects/{project or 'kata-mesh-test'}/global/images/{name}",
+        }
+
+    key, _, value = (part.strip() for part in filter_.partition("="))
+    value = value.strip('"')
+    if key == "name":
+        return [image(value)] if existing is None or value in existing else []
+    if key == "family" and value == IMAGE_FAMILY:
+        return [image(name) for name in existing or []]
+    raise NotImplementedError(f"no mock for the image filter {filter_}")
 
 
 def command_args(command_line: str) -> dict[str, str]:

@@ -11,12 +11,13 @@ import json
 import os
 import shutil
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
 import pulumi
 import pytest
+import yaml
 from pulumi.runtime import mocks as pulumi_mocks
 
 from offline.charts import find_helm
@@ -35,6 +36,7 @@ from offline.engine import (
     command_args,
     config_string,
     is_secret,
+    node_images_listed,
     plain_strings,
     project_defaults,
 )
@@ -302,9 +304,11 @@ class KataMeshMocks(pulumi_mocks.Mocks):
     survivors: the first control plane's VM is new while the others serve, so the rejoin step on
     the second one prints a join (by default nothing survives it: a stack's first `pulumi up`)."""
 
-    def __init__(self, preview: bool, survivors: bool = False) -> None:
+    def __init__(self, preview: bool, survivors: bool = False, node_images: list[str] | None = None) -> None:
         self.preview = preview
         self.survivors = survivors
+        # The node images that exist (by name); None: the one the stack asks for exists.
+        self.node_images = node_images
 
     def new_resource(self, args: pulumi_mocks.MockResourceArgs) -> tuple[str | None, dict]:
         state = dict(args.inputs)
@@ -330,6 +334,8 @@ class KataMeshMocks(pulumi_mocks.Mocks):
             )
         elif args.typ == "gcp:serviceaccount/account:Account":
             state["email"] = f"{state['accountId']}@kata-mesh-test.iam.gserviceaccount.com"
+        elif args.typ == "gcp:compute/snapshot:Snapshot":
+            state["selfLink"] = f"{COMPUTE_API}/projects/kata-mesh-test/global/snapshots/{name}"
         elif args.typ == "command:remote:Command" and args.name.endswith("-rejoin-token"):
             state["stdout"] = self.command_stdout(state, args.name) if self.survivors else ""
         elif args.typ == "command:remote:Command":
@@ -410,6 +416,9 @@ class KataMeshMocks(pulumi_mocks.Mocks):
                 "name": image,
                 "selfLink": f"https://www.googleapis.com/compute/v1/projects/{args.args['project']}/global/images/{image}",
             }, []
+        if args.token == "gcp:compute/getImages:getImages":
+            listed = node_images_listed(args.args["filter"], args.args.get("project"), self.node_images)
+            return {"images": listed}, []
         if args.token == "tls:index/getPublicKey:getPublicKey":
             return {"publicKeyOpenssh": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAuser\n"}, []
         if args.token == "tls:index/getCertificate:getCertificate":
@@ -431,10 +440,92 @@ def run_program(
     )
 
 
+IMAGES_DIR = ROOT / "images"
+IMAGES_PROJECT_FILE = yaml.safe_load((IMAGES_DIR / "Pulumi.yaml").read_text())
+IMAGES_PROJECT = IMAGES_PROJECT_FILE["name"]
+# What only the operator sets in an images stack.
+IMAGES_OPERATOR_CONFIG = {
+    "gcp:project": "kata-mesh-test",
+    f"{IMAGES_PROJECT}:sshAllowedCidrs": ["198.51.100.7/32"],
+}
+
+
+def images_config(stack: str = "shared", overrides: Mapping[str, Any] | None = None) -> dict[str, str]:
+    """images/Pulumi.yaml's defaults, then images/Pulumi.STACK.yaml, then the operator's and `overrides`."""
+    stack_values = yaml.safe_load((IMAGES_DIR / f"Pulumi.{stack}.yaml").read_text())["config"]
+    return {
+        **{
+            f"{IMAGES_PROJECT}:{key}": config_string(decl["default"])
+            for key, decl in IMAGES_PROJECT_FILE["config"].items()
+        },
+        **{
+            key: config_string(value)
+            for key, value in {**stack_values, **IMAGES_OPERATOR_CONFIG, **(overrides or {})}.items()
+        },
+    }
+
+
+def run_images_program(
+    stack: str = "shared", preview: bool = False, overrides: Mapping[str, Any] | None = None
+) -> ProgramRun:
+    """Runs images/__main__.py, the node images project, as `pulumi up -C images` would."""
+    return run_engine(
+        stack,
+        preview,
+        images_config(stack, overrides),
+        RecordingMonitor(KataMeshMocks(preview)),
+        program_dir=IMAGES_DIR,
+        project=IMAGES_PROJECT,
+    )
+
+
 @functools.cache
 def cached_run(stack: str, preview: bool = False) -> ProgramRun:
     """One mock run per stack and mode for the whole session; tests only read it."""
     return run_program(stack, preview)
+
+
+# nodeImage: baked (the default, nodes boot from the node image) or stock (Ubuntu, installs at boot).
+NODE_IMAGE_MODES = ("baked", "stock")
+# A node's last provisioning step (what joining waits for), and the one that marks its rollout.
+LAST_PROVISIONING_STEP = {"baked": "metadata-block", "stock": "kubernetes"}
+ROLLOUT_MARKER_STEP = {"baked": "node-image", "stock": "kubernetes"}
+
+
+@functools.cache
+def cached_images_run(preview: bool = False) -> ProgramRun:
+    """The images project's example stack (images/Pulumi.shared.yaml), once per session."""
+    return run_images_program("shared", preview)
+
+
+def built_image_names(stack: str) -> list[str]:
+    """The node images the images project builds for a cluster stack (by its own reading of the
+    stack's file), from its `images` output."""
+    images = cached_images_run().output("images")
+    return [name for name, image in images.items() if stack in image["stacks"]]
+
+
+@functools.cache
+def cached_mode_run(stack: str, node_image: str, preview: bool = False) -> ProgramRun:
+    """As cached_run, with nodeImage set to `node_image`."""
+    if node_image == "baked":
+        return cached_run(stack, preview)
+    return run_program(stack, preview, {f"{PROJECT}:nodeImage": node_image})
+
+
+def stack_modes(stacks: Sequence[str] = STACKS) -> list[Any]:
+    """(stack, nodeImage) parameters: every stack in both modes; stock beyond dev in the system
+    stage (each is one more run of the program)."""
+    return [
+        pytest.param(
+            stack,
+            mode,
+            id=f"{stack}-{mode}",
+            marks=[pytest.mark.system] if mode == "stock" and stack != "dev" else [],
+        )
+        for stack in stacks
+        for mode in NODE_IMAGE_MODES
+    ]
 
 
 def require_tool(name: str, provided_by: str = "scripts/test.sh installs it when run as root") -> str:

@@ -66,7 +66,7 @@ def test_every_stack_declares_init_pod_network_joins_and_secret_kubeconfig(stack
     program = run(stack, preview)
     cp = f"kata-mesh-{stack}-cp-0"
     init = command(program, "cluster-init")
-    assert command(program, f"{cp}-provision-kubernetes").urn in init.dependencies
+    assert command(program, f"{cp}-provision-metadata-block").urn in init.dependencies
     # Secret (it carries the certificate key): known only once the key is, after preview.
     assert init.raw_inputs["stdin"][SECRET_SIG]
     if not preview:
@@ -80,7 +80,7 @@ def test_every_stack_declares_init_pod_network_joins_and_secret_kubeconfig(stack
         token = command(program, f"{worker}-join-token")
         assert token.urn in join.dependencies
         assert init.urn in token.dependencies
-        assert command(program, f"{worker}-provision-kubernetes").urn in join.dependencies
+        assert command(program, f"{worker}-provision-metadata-block").urn in join.dependencies
         if not preview:
             # A new control plane (a new cluster) makes every worker get a token and join again.
             assert "cluster-init-id" in token.inputs["triggers"]

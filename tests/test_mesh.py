@@ -7,6 +7,8 @@ import kubernetes_validate
 import pytest
 from harness import OPERATOR_CONFIG, PROJECT, STACKS, ProgramRun, as_manifest, cached_run, stack_config
 
+from offline.plan import Graph
+
 RELEASE = "kubernetes:helm.sh/v3:Release"
 DEPLOYMENT = "kubernetes:apps/v1:Deployment"
 SERVICE = "kubernetes:core/v1:Service"
@@ -61,10 +63,14 @@ def test_istio_base_then_istiod_then_the_app_and_the_runtime_class_before_it(sta
     program = run(stack, preview)
     base, istiod = program.one(RELEASE, "mesh-base"), program.one(RELEASE, "mesh-istiod")
     assert base.urn in istiod.dependencies
-    assert (
-        program.one("command:remote:Command", "cluster-nodes-ready").urn
-        in program.one("kubernetes:core/v1:Namespace", "mesh-istio-system").dependencies
-    )
+    # Istio starts once the API answers and the pod network is installed, not after every node is
+    # Ready (istiod's release waits for its own pod); the proof still comes after every node.
+    namespace = program.one("kubernetes:core/v1:Namespace", "mesh-istio-system")
+    assert namespace.dependencies == [program.one(RELEASE, "cluster-flannel").urn]
+    graph = Graph(program)
+    nodes_ready = program.one("command:remote:Command", "cluster-nodes-ready").urn
+    assert nodes_ready not in graph.ancestors(istiod.urn)
+    assert nodes_ready in graph.ancestors(program.one("command:remote:Command", "proof-mesh-facts").urn)
     runtime_class = program.one("kubernetes:node.k8s.io/v1:RuntimeClass", "kata-runtime")
     deployment = program.one(DEPLOYMENT, "httpbin-deployment")
     assert istiod.urn in deployment.dependencies

@@ -17,11 +17,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness import ROOT, STACKS, cached_run, command_args, require_tool
+from harness import ROOT, STACKS, cached_images_run, cached_mode_run, cached_run, command_args, require_tool
 from seed import SEED_LINKS
 
 from components import versions
 from components.node_config import KATA_DROPIN_NAME, render_kata_dropin
+from components.node_image import ImageInputs, baked_node_steps, build_steps
 from components.node_provisioning import SCRIPTS_DIR, NodeStep, ProvisioningSpec, node_steps
 from offline.plan import script_of
 
@@ -52,12 +53,18 @@ def test_each_step_is_valid_bash_as_sent_and_starts_strict(script: str):
 
 
 def test_the_program_sends_every_provisioning_script():
-    sent = {s.script for s in node_steps(ProvisioningSpec("1.36.4", versions.KATA_RELEASES["3.32.0"]))}
+    spec = ProvisioningSpec("1.36.4", versions.KATA_RELEASES["3.32.0"])
+    stock = {s.script for s in node_steps(spec)}
+    baked = {s.script for s in baked_node_steps(spec)}
+    built = {s.script for s in build_steps(ImageInputs(spec.kubernetes_version, spec.kata))}
     # The control planes' own steps before init (the etcd tools, the restore) come from
     # components/backups.py.
     control_plane_only = {"45-restore-control-plane.sh", "47-etcd-tools.sh"}
-    assert sent | control_plane_only == {p.name for p in SCRIPTS_DIR.glob("[0-4]*.sh")}
-    assert not sent & control_plane_only
+    assert stock | baked | built | control_plane_only == {p.name for p in SCRIPTS_DIR.glob("[0-4]*.sh")}
+    assert not (stock | baked) & control_plane_only
+    # A baked node runs none of the installs: the image's build did.
+    assert baked == {"00-wait-ready.sh", "12-node-image.sh", "15-metadata-block.sh"}
+    assert built - stock == {"42-pull-images.sh"}
 
 
 def test_every_node_script_is_sent_by_some_stack():
@@ -65,8 +72,9 @@ def test_every_node_script_is_sent_by_some_stack():
     the file the backup-timer step installs."""
     sent: set[str] = set()
     installed: set[str] = set()
-    for stack in STACKS:
-        for command in cached_run(stack).of_type("command:remote:Command"):
+    runs = [cached_run(stack) for stack in STACKS] + [cached_mode_run("dev", "stock"), cached_images_run()]
+    for program in runs:
+        for command in program.of_type("command:remote:Command"):
             script = script_of(command.raw_inputs.get("stdin"))
             if script:
                 sent.add(script)

@@ -1,4 +1,5 @@
-"""Node provisioning under the mock engine: six steps per node, in order, each node on its own."""
+"""Node provisioning under the mock engine: each node's steps in order, each node on its own; six
+steps on a stock node, three on a node that boots from the node image."""
 
 from __future__ import annotations
 
@@ -13,44 +14,51 @@ from harness import (
     ProgramRun,
     Registration,
     assert_connects_to,
+    cached_mode_run,
     cached_run,
     node_vms,
     run_program,
     stack_config,
+    stack_modes,
 )
 from seed import SEED_LINKS, SEED_MODULES
 
 from components import versions
+from components.node_image import baked_node_steps
 from components.node_provisioning import SCRIPTS_DIR, NodeStep, ProvisioningSpec, node_steps
 from components.settings import parse_settings
 
 COMMAND = "command:remote:Command"
 INSTANCE = "gcp:compute/instance:Instance"
-STEP_ORDER = ["wait-ready", "prerequisites", "metadata-block", "containerd", "kata", "kubernetes"]
+STEP_ORDER = {
+    "stock": ["wait-ready", "prerequisites", "metadata-block", "containerd", "kata", "kubernetes"],
+    # The image holds the prerequisites, containerd, Kata and Kubernetes: checked, not installed.
+    "baked": ["wait-ready", "node-image", "metadata-block"],
+}
 
 
 run = cached_run
 
 
-def steps_by_node(program: ProgramRun) -> dict[str, list[Registration]]:
+def steps_by_node(program: ProgramRun, mode: str = "baked") -> dict[str, list[Registration]]:
     nodes: dict[str, list[Registration]] = {}
     for vm in node_vms(program):
         name = vm.inputs["name"]
         commands = {r.name: r for r in program.of_type(COMMAND) if r.name.startswith(f"{name}-provision-")}
-        nodes[name] = [commands[f"{name}-provision-{step}"] for step in STEP_ORDER]
-        assert len(commands) == len(STEP_ORDER), sorted(commands)
+        nodes[name] = [commands[f"{name}-provision-{step}"] for step in STEP_ORDER[mode]]
+        assert len(commands) == len(STEP_ORDER[mode]), sorted(commands)
     return nodes
 
 
 @pytest.mark.parametrize("preview", [True, False], ids=["preview", "up"])
-@pytest.mark.parametrize("stack", STACKS)
-def test_every_node_gets_the_six_steps_in_order(stack, preview):
-    program = run(stack, preview)
-    nodes = steps_by_node(program)
+@pytest.mark.parametrize(("stack", "mode"), stack_modes())
+def test_every_node_gets_its_steps_in_order(stack, mode, preview):
+    program = cached_mode_run(stack, mode, preview)
+    nodes = steps_by_node(program, mode)
     provisioning = [
         r for r in program.of_type(COMMAND) if "kata-mesh:provisioning:NodeProvisioning$" in r.urn
     ]
-    assert len(provisioning) == len(STEP_ORDER) * len(nodes)
+    assert len(provisioning) == len(STEP_ORDER[mode]) * len(nodes)
     for name, steps in nodes.items():
         vm = program.one(INSTANCE, name)
         assert vm.urn in steps[0].dependencies
@@ -58,10 +66,10 @@ def test_every_node_gets_the_six_steps_in_order(stack, preview):
             assert previous.urn in step.dependencies, f"{step.name} does not wait for {previous.name}"
 
 
-@pytest.mark.parametrize("stack", STACKS)
-def test_no_node_waits_for_another_nodes_resources(stack):
-    program = run(stack, False)
-    nodes = steps_by_node(program)
+@pytest.mark.parametrize(("stack", "mode"), stack_modes())
+def test_no_node_waits_for_another_nodes_resources(stack, mode):
+    program = cached_mode_run(stack, mode)
+    nodes = steps_by_node(program, mode)
     for name, steps in nodes.items():
         others = [other for other in nodes if other != name]
         for step in steps:
@@ -69,19 +77,19 @@ def test_no_node_waits_for_another_nodes_resources(stack):
                 assert not any(f"::{other}" in dependency for other in others), (step.name, dependency)
 
 
-@pytest.mark.parametrize("stack", STACKS)
-def test_steps_run_their_script_over_ssh_with_explicit_arguments(stack):
-    program = run(stack, False)
-    expected = {s.name: s for s in node_steps_for(stack)}
-    for name, steps in steps_by_node(program).items():
-        for registered, step_name in zip(steps, STEP_ORDER, strict=True):
+@pytest.mark.parametrize(("stack", "mode"), stack_modes())
+def test_steps_run_their_script_over_ssh_with_explicit_arguments(stack, mode):
+    program = cached_mode_run(stack, mode)
+    expected = {s.name: s for s in node_steps_for(stack, mode)}
+    for name, steps in steps_by_node(program, mode).items():
+        for registered, step_name in zip(steps, STEP_ORDER[mode], strict=True):
             inputs = registered.inputs
             step = expected[step_name]
             assert inputs["create"] == step.command_line
             assert inputs["stdin"] == step.script_text
             assert inputs["stdin"].startswith((SCRIPTS_DIR / "lib.sh").read_text())
             instance_id = program.states[program.one(INSTANCE, name).urn]["instanceId"]
-            if step_name in ("containerd", "kata", "kubernetes"):
+            if step_name in ("containerd", "kata", "kubernetes", "node-image"):
                 # Once per VM: a change on a live node is rolled node by node (tests/test_rollout.py).
                 assert inputs["triggers"] == [instance_id]
             else:
@@ -108,15 +116,14 @@ def test_steps_run_their_script_over_ssh_with_explicit_arguments(stack):
             assert inputs["create"].startswith(runner)
 
 
-def node_steps_for(stack: str, **overrides: str) -> list[NodeStep]:
-    """The steps the program should send for a stack, from the same settings it reads."""
+def node_steps_for(stack: str, mode: str = "stock", **overrides: str) -> list[NodeStep]:
+    """The steps the program should send for a stack's new node, from the same settings it reads."""
     config = {k.removeprefix(f"{PROJECT}:"): v for k, v in stack_config(stack, overrides).items()}
     settings = parse_settings(config, stack)
-    return node_steps(
-        ProvisioningSpec(
-            settings.kubernetes_version, settings.kata, settings.artifact_mirror_url, settings.pod_cidr
-        )
+    spec = ProvisioningSpec(
+        settings.kubernetes_version, settings.kata, settings.artifact_mirror_url, settings.pod_cidr
     )
+    return baked_node_steps(spec) if mode == "baked" else node_steps(spec)
 
 
 def test_step_arguments_carry_the_pins_and_the_seeds_links():
@@ -165,8 +172,9 @@ def test_a_mirror_serves_the_same_files_with_the_same_checksums():
 
 # Two more runs of the program: with the system tests (the plain suite's time budget).
 @pytest.mark.system
-def test_bumping_kata_reruns_no_provisioning_step_and_rolls_the_nodes_one_by_one(monkeypatch):
-    current = run_program("dev", preview=False)
+@pytest.mark.parametrize("mode", ["baked", "stock"])
+def test_bumping_kata_reruns_no_provisioning_step_and_rolls_the_nodes_one_by_one(monkeypatch, mode):
+    current = run_program("dev", preview=False, overrides={f"{PROJECT}:nodeImage": mode})
     bumped_release = dataclasses.replace(
         versions.KATA_RELEASES["3.32.0"],
         version="3.33.0",
@@ -174,7 +182,9 @@ def test_bumping_kata_reruns_no_provisioning_step_and_rolls_the_nodes_one_by_one
         sha256="0" * 64,
     )
     monkeypatch.setitem(versions.KATA_RELEASES, "3.33.0", bumped_release)
-    bumped = run_program("dev", preview=False, overrides={f"{PROJECT}:kataVersion": "3.33.0"})
+    bumped = run_program(
+        "dev", preview=False, overrides={f"{PROJECT}:kataVersion": "3.33.0", f"{PROJECT}:nodeImage": mode}
+    )
 
     before = {r.urn: r.inputs for r in current.registrations}
     after = {r.urn: r.inputs for r in bumped.registrations}
@@ -199,9 +209,14 @@ def test_bumping_kata_reruns_no_provisioning_step_and_rolls_the_nodes_one_by_one
     provisioning = [
         f"kata-mesh-dev-{node}-provision-{step}"
         for node in ("cp-0", "worker-0")
-        for step in ("kata", "kubernetes")
+        for step in (("kata", "kubernetes") if mode == "stock" else ("node-image",))
     ]
-    assert changed == sorted([*provisioning, *rollout, *proof])
+    # Baked: a new VM boots from the new version's image; a live one keeps its disk (the image is
+    # in its ignoreChanges), and the rollout brings it to the new version.
+    vms = [f"kata-mesh-dev-{node}" for node in ("cp-0", "worker-0")] if mode == "baked" else []
+    assert changed == sorted([*provisioning, *rollout, *proof, *vms])
+    for vm in node_vms(bumped):
+        assert "bootDisk.initializeParams.image" in vm.ignore_changes
     for urn in before:
         if "-provision-" in urn:
             assert before[urn]["triggers"] == after[urn]["triggers"], urn
@@ -240,4 +255,4 @@ def test_a_replaced_vm_reruns_every_step_on_it():
     for name, steps in steps_by_node(program).items():
         instance_id = program.states[program.one(INSTANCE, name).urn]["instanceId"]
         assert instance_id
-        assert [step.inputs["triggers"][-1] for step in steps] == [instance_id] * len(STEP_ORDER)
+        assert [step.inputs["triggers"][-1] for step in steps] == [instance_id] * len(STEP_ORDER["baked"])

@@ -10,7 +10,19 @@ from __future__ import annotations
 import itertools
 
 import pytest
-from harness import PROJECT, STACKS, assert_connects_to, cached_run, command_args, run_program, unsecret_value
+from harness import (
+    LAST_PROVISIONING_STEP,
+    PROJECT,
+    ROLLOUT_MARKER_STEP,
+    STACKS,
+    assert_connects_to,
+    cached_mode_run,
+    cached_run,
+    command_args,
+    run_program,
+    stack_modes,
+    unsecret_value,
+)
 from test_ha import max_concurrent
 
 from offline.engine import ProgramRun, Registration
@@ -80,21 +92,23 @@ def test_control_planes_then_workers_one_node_at_a_time(stack):
     assert chain[-1] in graph.ancestors(program.one(COMMAND, "proof-verdict").urn)
 
 
-@pytest.mark.parametrize("stack", STACKS)
-def test_a_first_deploy_still_provisions_the_nodes_in_parallel(stack):
-    program = cached_run(stack)
+@pytest.mark.parametrize(("stack", "mode"), stack_modes())
+def test_a_first_deploy_still_provisions_the_nodes_in_parallel(stack, mode):
+    program = cached_mode_run(stack, mode)
     graph = Graph(program)
     rollout = {r.urn for r in rollout_steps(program)}
     provisioning = [r for r in program.of_type(COMMAND) if "-provision-" in r.name]
     for step in provisioning:
         assert not rollout & graph.ancestors(step.urn), step.name
-    last_steps = [r.urn for r in provisioning if r.name.endswith("-provision-kubernetes")]
+    last_steps = [
+        r.urn for r in provisioning if r.name.endswith(f"-provision-{LAST_PROVISIONING_STEP[mode]}")
+    ]
     assert max_concurrent(graph, last_steps) == len(rollout_order(program))
 
 
-@pytest.mark.parametrize("stack", STACKS)
-def test_the_drain_and_the_release_hear_what_the_nodes_check_said(stack):
-    program = cached_run(stack)
+@pytest.mark.parametrize(("stack", "mode"), stack_modes())
+def test_the_drain_and_the_release_hear_what_the_nodes_check_said(stack, mode):
+    program = cached_mode_run(stack, mode)
     for node in rollout_order(program):
         check, drain, *_, upgrade, release = turn(program, node)
         rollout = command_args(check.inputs["update"])["--rollout"]
@@ -102,7 +116,7 @@ def test_the_drain_and_the_release_hear_what_the_nodes_check_said(stack):
         # The same rollout on every step of the turn, and the one a new VM is provisioned to.
         for step in (drain, upgrade, release):
             assert command_args(step.inputs["update"])["--rollout"] == rollout
-        provisioned = program.one(COMMAND, f"{node}-provision-kubernetes")
+        provisioned = program.one(COMMAND, f"{node}-provision-{ROLLOUT_MARKER_STEP[mode]}")
         assert command_args(provisioned.inputs["create"])["--rollout"] == rollout
         assert command_args(provisioned.inputs["create"])["--marker"] == "/var/lib/kata-mesh/rollout"
         # The mock check printed nothing (it never ran): the cp-0 steps got its answer as it is.

@@ -17,12 +17,15 @@ from harness import (
     KataMeshMocks,
     ProgramRun,
     RecordingMonitor,
+    built_image_names,
+    cached_mode_run,
     cached_run,
     is_secret,
     mock_ed25519_public_key,
     node_vms,
     plain_strings,
     run_program,
+    stack_modes,
 )
 
 from components.settings import SettingsError
@@ -55,14 +58,24 @@ def test_there_is_a_stack_per_environment():
 
 @pytest.mark.parametrize("preview", MODES)
 @pytest.mark.parametrize("stack", STACKS)
-def test_every_vm_is_an_intel_ubuntu_vm_with_nested_virtualization(stack, preview):
+def test_every_vm_is_an_intel_vm_with_nested_virtualization_booting_the_stacks_node_image(stack, preview):
     instances = node_vms(run(stack, preview))
     assert len(instances) == expected_control_planes(stack) + expected_workers(stack)
+    # The image the images project builds for this stack, by its own reading of the stack file.
+    [built] = built_image_names(stack)
     for vm in instances:
         inputs = vm.inputs
         assert inputs["advancedMachineFeatures"]["enableNestedVirtualization"] is True
         assert inputs["machineType"].split("-")[0] in INTEL_NESTED_SERIES
         image = inputs["bootDisk"]["initializeParams"]["image"]
+        assert image == f"https://www.googleapis.com/compute/v1/projects/kata-mesh-test/global/images/{built}"
+        assert "bootDisk.initializeParams.image" in vm.ignore_changes
+
+
+@pytest.mark.parametrize(("stack", "mode"), [p for p in stack_modes() if p.values[1] == "stock"])
+def test_stock_vms_boot_from_ubuntu(stack, mode):
+    for vm in node_vms(cached_mode_run(stack, mode)):
+        image = vm.inputs["bootDisk"]["initializeParams"]["image"]
         assert image.startswith(
             "https://www.googleapis.com/compute/v1/projects/ubuntu-os-cloud/global/images/ubuntu-2404"
         )
