@@ -17,7 +17,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from pulumi.runtime import mocks as pulumi_mocks
@@ -37,11 +37,15 @@ from offline.engine import (
     as_manifest,
     command_args,
     config_string,
+    node_images_listed,
     project_defaults,
     run_program,
     stack_file,
     stack_file_values,
 )
+
+if TYPE_CHECKING:
+    from offline.estimate import Estimate
 
 SECRET_SHOWN = "[secret]"
 # In a folder the plan wrote: the next plan may replace that folder, and no other.
@@ -101,6 +105,8 @@ NODE_FILES: dict[tuple[str, str], NodeFile] = {
     ("75-install-timer.sh", "script-b64"): NodeFile("{script-path}", "base64"),
     ("75-install-timer.sh", "service-b64"): NodeFile("{unit-dir}/{service-name}", "base64"),
     ("75-install-timer.sh", "timer-b64"): NodeFile("{unit-dir}/{timer-name}", "base64"),
+    # The node image's manifest, which a baked node checks at boot (12-node-image.sh).
+    ("99-seal-image.sh", "manifest-b64"): NodeFile("{manifest}", "base64"),
 }
 
 
@@ -252,6 +258,9 @@ class PlanMocks(pulumi_mocks.Mocks):
         if args.token == "gcp:compute/getImage:getImage":
             link = f"https://www.googleapis.com/compute/v1/projects/{args.args['project']}/global/images/family/{args.args['family']}"
             return {"family": args.args["family"], "name": args.args["family"], "selfLink": link}, []
+        if args.token == "gcp:compute/getImages:getImages":
+            # As a project where images/ built the stack's node image.
+            return {"images": node_images_listed(args.args["filter"], PLACEHOLDER_PROJECT)}, []
         if args.token == "tls:index/getPublicKey:getPublicKey":
             return {"publicKeyOpenssh": "ssh-ed25519 AAAAplaceholder\n"}, []
         if args.token == "gcp:storage/getBucketObjects:getBucketObjects":
@@ -531,6 +540,21 @@ def node_commands(graph: Graph, node_by_address: Mapping[str, str]) -> dict[str,
     return by_node
 
 
+def image_commands(steps: list[NodeStep]) -> list[NodeCommand]:
+    """What the node image's builder runs (images/), as a node's steps are shown: a baked node's
+    containerd config, Kata drop-in, modules and sysctls are the image's."""
+    commands = []
+    for step in steps:
+        args = dict(step.args)
+        command = NodeCommand(f"images/: {step.name}", step.script, args, None, False, {})
+        for name, value in args.items():
+            spec = NODE_FILES.get((step.script, name))
+            if spec is not None:
+                command.files[spec.path.format_map(args)] = _decode(value, spec.decode)
+        commands.append(command)
+    return commands
+
+
 def _connection_host(connection: Any) -> str:
     """The host a command connects to. The connection is secret as a whole (it holds the private
     key); its host is a placeholder address, the one part the plan reads, to name the node."""
@@ -642,6 +666,8 @@ class Plan:
     releases: list[ReleasePlan]
     versions: dict[str, str]
     notes: list[str]
+    # The time estimates (offline/estimate.py): the first deploy, then one more worker.
+    estimates: list[Estimate] = field(default_factory=list)
 
     @property
     def failed(self) -> bool:
@@ -669,6 +695,9 @@ class Plan:
         lines.append("Versions: " + ", ".join(f"{k} {v}" for k, v in self.versions.items()))
         path = self.graph.critical_path()
         lines.append(f"Critical path: {len(path)} steps, {path[0].name} ... {path[-1].name}")
+        for estimate in self.estimates:
+            title = estimate.title[0].lower() + estimate.title[1:]
+            lines.append(f"Estimated {title}: {estimate.minutes:.1f} min (its path: estimate.md)")
         lines.append("Helm releases:")
         for r in self.releases:
             state = "rendered" if r.objects is not None else ("FAILED" if r.error else "values only")
@@ -716,14 +745,22 @@ class Plan:
                 (folder / "rendered.yaml").write_text(header + r.text)
             else:
                 (folder / "NOT-RENDERED.txt").write_text(header + (r.error or "") + "\n")
+        if self.estimates:
+            # Imported here: offline.estimate imports this module.
+            from offline.estimate import estimates_markdown
+
+            (self.out / "estimate.md").write_text(estimates_markdown(self.stack, self.estimates))
         (self.out / "summary.txt").write_text(self.summary())
 
 
-def make_plan(stack: str, out: Path, charts_dir: Path | None = None, offline: bool = False) -> Plan:
-    """Runs the program for the stack as a preview and gathers the plan (nothing is written yet).
+def make_plan(
+    stack: str, out: Path, charts_dir: Path | None = None, offline: bool = False, estimate: bool = True
+) -> Plan:
+    """Runs the program for the stack as a preview and gathers the plan (nothing is written yet);
+    with `estimate`, the time estimates too, which run the program once more (workerCount + 1).
 
     Bad settings raise the program's own SettingsError, as `pulumi up` would show it."""
-    from components import versions
+    from components import node_image, versions
     from components.settings import load_settings
 
     config, warnings = plan_config(stack)
@@ -731,12 +768,20 @@ def make_plan(stack: str, out: Path, charts_dir: Path | None = None, offline: bo
     program = run_program(stack, True, config, RecordingMonitor(mocks))
     settings = load_settings()
     graph = Graph(program)
-    return Plan(
+    nodes = node_commands(graph, mocks.node_by_address)
+    inputs = node_image.ImageInputs(settings.kubernetes_version, settings.kata)
+    image = node_image.image_name(node_image.inputs_hash(inputs))
+    if settings.node_image == "baked":
+        # Its own folder beside the nodes': what every node of the stack boots with.
+        nodes[image] = image_commands(
+            [*node_image.build_steps(inputs), node_image.seal_step(node_image.render_manifest(inputs))]
+        )
+    result = Plan(
         stack=stack,
         out=out,
         warnings=warnings,
         graph=graph,
-        nodes=node_commands(graph, mocks.node_by_address),
+        nodes=nodes,
         releases=plan_releases(program, settings.kubernetes_version, charts_dir, offline),
         versions={
             "Kubernetes": settings.kubernetes_version,
@@ -746,9 +791,18 @@ def make_plan(stack: str, out: Path, charts_dir: Path | None = None, offline: bo
             "CNI plugins": versions.CNI_PLUGINS.version,
             "Istio": settings.istio_version,
             "Flannel chart": versions.FLANNEL_CHART_VERSION,
+            "Node image": image if settings.node_image == "baked" else "stock (Ubuntu, installs at boot)",
         },
         notes=[],
     )
+    if estimate:
+        # Last: the estimate runs the program again (workerCount + 1), then gives the config back.
+        # Imported here: offline.estimate imports this module.
+        from offline.estimate import plan_estimates
+
+        result.estimates, estimate_notes = plan_estimates(stack, program)
+        result.notes += estimate_notes
+    return result
 
 
 def iter_files(folder: Path) -> Iterator[Path]:

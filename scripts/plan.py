@@ -5,8 +5,10 @@
 Runs __main__.py under Pulumi's mock engine with the stack's settings (as `pulumi preview` would)
 and writes, under plan/STACK/: resources.md, graph.dot and graph.svg, nodes/<node>/ (each remote
 step's arguments and the files it writes), kubernetes.yaml, helm/<release>/ (values and the chart
-rendered by helm), summary.txt. Secrets show as [secret], values known only after a deploy as
-(known after deploy). Bad settings fail with the message `pulumi up` would give.
+rendered by helm), summary.txt, estimate.md (the estimated first deploy and one more worker,
+offline/estimate.py, with the chain of steps each waits on; summary.txt gives both in minutes).
+Secrets show as [secret], values known only after a deploy as (known after deploy). Bad settings
+fail with the message `pulumi up` would give.
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ from harness import (
     PROJECT,
     ROOT,
     STACKS,
+    built_image_names,
     cached_run,
     node_vms,
     require_charts,
@@ -30,6 +31,7 @@ from harness import (
 )
 from seed import SEED_MODULES
 
+from components.node_provisioning import NodeStep
 from components.settings import SettingsError
 from offline import engine, plan
 from offline.charts import releases as charts_of
@@ -237,7 +239,8 @@ def test_every_rendered_step_argument_lands_in_a_file_the_script_really_writes(s
                 if name.endswith("-b64") and command.script != "97-verdict.sh":
                     assert (command.script, name) in plan.NODE_FILES, (command.resource, name)
     for (script_name, _), spec in plan.NODE_FILES.items():
-        script = (ROOT / "scripts" / "node" / script_name).read_text()
+        # What the node runs: lib.sh (its shared functions write some of these) and the script.
+        script = NodeStep(script_name, script_name, ()).script_text
         for literal in filter(None, re.split(r"\{[^}]+\}", spec.path)):
             assert literal in script, (script_name, spec.path)
 
@@ -245,14 +248,19 @@ def test_every_rendered_step_argument_lands_in_a_file_the_script_really_writes(s
 def test_the_node_files_are_the_seeds_configs_with_placeholder_addresses():
     files = files_of("dev")
     cp = "nodes/kata-mesh-dev-cp-0/files"
-    containerd = tomllib.loads(files[f"{cp}/etc/containerd/config.toml"])
+    # A baked node's containerd config, Kata drop-in and modules are its image's (its own folder).
+    [image] = {path.split("/")[1] for path in files if path.startswith("nodes/kata-mesh-node-")}
+    assert image == built_image_names("dev")[0]
+    built = f"nodes/{image}/files"
+    containerd = tomllib.loads(files[f"{built}/etc/containerd/config.toml"])
     runtimes = containerd["plugins"]["io.containerd.cri.v1.runtime"]["containerd"]
     assert runtimes["default_runtime_name"] == "runc"
     assert runtimes["runtimes"]["runc"]["runtime_type"] == SEED_RUNC_RUNTIME_TYPE
     assert runtimes["runtimes"]["runc"]["options"]["SystemdCgroup"] is True
     assert runtimes["runtimes"]["kata"]["runtime_type"] == SEED_KATA_RUNTIME_TYPE
-    assert "ExecStart=/usr/local/bin/containerd" in files[f"{cp}/etc/systemd/system/containerd.service"]
-    assert files[f"{cp}/etc/modules-load.d/kata-mesh.conf"].split() == SEED_MODULES
+    assert "ExecStart=/usr/local/bin/containerd" in files[f"{built}/etc/systemd/system/containerd.service"]
+    assert files[f"{built}/etc/modules-load.d/kata-mesh.conf"].split() == SEED_MODULES
+    assert files[f"{built}/etc/kata-mesh/node-image"].startswith("inputs-hash=")
     assert "opt/kata/share/defaults/kata-containers/config.d/50-kata-mesh-nested.toml" in "\n".join(files)
     documents = {d["kind"]: d for d in yaml.safe_load_all(files[f"{cp}/etc/kubernetes/kubeadm-init.yaml"])}
     cluster = documents["ClusterConfiguration"]
@@ -276,6 +284,17 @@ def test_each_node_runs_its_own_steps_and_the_control_plane_runs_the_clusters():
     nodes = dict(made("staging").nodes)
     # Private nodes: the bastion every SSH step goes through only waits for its own boot.
     assert [c.script for c in nodes.pop("kata-mesh-staging-bastion")] == ["00-wait-ready.sh"]
+    # The node image's build, in its own folder: the installs a stock node would run, sealed.
+    [image] = [node for node in nodes if node.startswith("kata-mesh-node-")]
+    assert [c.script for c in nodes.pop(image)] == [
+        "00-wait-ready.sh",
+        "10-prerequisites.sh",
+        "20-containerd.sh",
+        "30-kata.sh",
+        "40-kubernetes.sh",
+        "42-pull-images.sh",
+        "99-seal-image.sh",
+    ]
     assert set(nodes) == {
         "kata-mesh-staging-cp-0",
         "kata-mesh-staging-cp-1",
@@ -285,14 +304,7 @@ def test_each_node_runs_its_own_steps_and_the_control_plane_runs_the_clusters():
     }
     for node, commands in nodes.items():
         scripts = [c.script for c in commands]
-        assert scripts[:6] == [
-            "00-wait-ready.sh",
-            "10-prerequisites.sh",
-            "15-metadata-block.sh",
-            "20-containerd.sh",
-            "30-kata.sh",
-            "40-kubernetes.sh",
-        ], node
+        assert scripts[:3] == ["00-wait-ready.sh", "12-node-image.sh", "15-metadata-block.sh"], node
         if node.endswith("cp-0"):
             assert "50-kubeadm-init.sh" in scripts and "96-mesh-facts.sh" in scripts
             # Every other node's token is made here; the certificate key rides on stdin.
@@ -410,7 +422,7 @@ def test_resources_md_says_what_each_resource_waits_for():
     row = next(
         line for line in text.splitlines() if line.startswith("| `command:Command` | `cluster-init` |")
     )
-    assert "`kata-mesh-dev-cp-0-provision-kubernetes`" in row
+    assert "`kata-mesh-dev-cp-0-provision-metadata-block`" in row
     flannel = next(line for line in text.splitlines() if "| `cluster-flannel` |" in line)
     assert "`cluster-k8s`" in flannel and "`cluster-kube-flannel`" in flannel
 
