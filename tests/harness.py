@@ -514,14 +514,14 @@ def cached_mode_run(stack: str, node_image: str, preview: bool = False) -> Progr
 
 
 def stack_modes(stacks: Sequence[str] = STACKS) -> list[Any]:
-    """(stack, nodeImage) parameters: every stack in both modes; stock beyond dev in the system
-    stage (each is one more run of the program)."""
+    """(stack, nodeImage) parameters: every stack in both modes; stock in the system stage (each
+    is one more run of the program, and the plain stage has a time budget)."""
     return [
         pytest.param(
             stack,
             mode,
             id=f"{stack}-{mode}",
-            marks=[pytest.mark.system] if mode == "stock" and stack != "dev" else [],
+            marks=[pytest.mark.system] if mode == "stock" else [],
         )
         for stack in stacks
         for mode in NODE_IMAGE_MODES

@@ -267,6 +267,8 @@ def test_the_builders_steps_run_once_per_builder():
 # --- a stack's image ------------------------------------------------------------------------
 
 
+# Another run of the program: with the system tests (the plain stage's time budget).
+@pytest.mark.system
 def test_a_stack_without_its_image_is_refused_with_what_to_do():
     other = image_name("f" * 64)
     with pytest.raises(NodeImageError) as raised:
@@ -279,6 +281,8 @@ def test_a_stack_without_its_image_is_refused_with_what_to_do():
     assert "pulumi up` in images/" in message and "nodeImage stock" in message
 
 
+# Another run of the program: with the system tests (the plain stage's time budget).
+@pytest.mark.system
 def test_stock_nodes_never_look_for_an_image():
     program = program_run("dev", [], nodeImage="stock")
     assert node_vms(program)
@@ -326,6 +330,8 @@ def test_a_baked_nodes_steps_download_nothing(stack):
             assert set(command_args(create)["--packages"].split()) <= packages_needed
 
 
+# Another run of the program: with the system tests (the plain stage's time budget).
+@pytest.mark.system
 def test_stock_nodes_boot_ubuntu_and_install_everything_as_before():
     program = cached_mode_run("dev", "stock")
     names = [
