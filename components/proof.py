@@ -253,7 +253,10 @@ class Proof(pulumi.ComponentResource):
             " ".join(names),
             *(vm.instance_id for vm in args.control_planes),
         ]
-        opts = pulumi.ResourceOptions(parent=self, depends_on=[facts])
+        # A node's VM replaced replaces these too, as every step of the proof.
+        opts = pulumi.ResourceOptions(
+            parent=self, depends_on=[facts], replace_with=[vm.instance for vm in args.nodes]
+        )
         ha_facts = remote_step(
             f"{name}-ha-facts", ha_facts_step(names), cp_connection, opts, extra_triggers=ha_triggers
         )

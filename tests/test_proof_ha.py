@@ -784,7 +784,7 @@ def test_without_workers_the_first_control_plane_probes_and_says_it_is_not_throu
 
 # Runs of the program of their own: with the system tests (the plain suite's time budget).
 @pytest.mark.system
-def test_five_control_planes_run_the_ha_steps_and_the_gathering_of_the_app_again():
+def test_five_control_planes_run_the_ha_steps_again_and_add_their_evidence():
     stack = ha_stacks()[0]
     three = cached_run(stack)
     five = run_program(stack, preview=False, overrides={f"{PROJECT}:controlPlaneCount": 5})
@@ -793,9 +793,28 @@ def test_five_control_planes_run_the_ha_steps_and_the_gathering_of_the_app_again
     probe = f"{workers_of(three)[0]}-api-probe"
     for name in ("proof-ha-facts", probe):
         assert three.one(COMMAND, name).inputs["triggers"] != five.one(COMMAND, name).inputs["triggers"]
-    # The proof vouches for the nodes too (issue 13): new VMs, gathered again.
+    # Nodes added move no pod (issue 15): the app's facts and the other nodes' evidence stay as
+    # they are, each new control plane brings its own evidence, and the verdict judges it.
     for name in ("proof-mesh-facts", f"{control_planes_of(three)[0]}-kata-evidence"):
-        assert three.one(COMMAND, name).inputs["triggers"] != five.one(COMMAND, name).inputs["triggers"]
+        assert three.one(COMMAND, name).inputs == five.one(COMMAND, name).inputs
+    added = [f"{node}-kata-evidence" for node in control_planes_of(five)[3:]]
+    assert len(added) == 2 and not [r for r in three.of_type(COMMAND) if r.name in added]
+    assert all(five.one(COMMAND, name) for name in added)
+    verdict = five.one(COMMAND, "proof-verdict")
+    assert set(verdict.dependencies) >= {five.one(COMMAND, name).urn for name in added}
+    assert three.one(COMMAND, "proof-verdict").inputs["triggers"] != verdict.inputs["triggers"]
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_a_replaced_vm_replaces_every_step_of_the_proof(stack):
+    """A VM replaced takes its pods with it: the proof's steps are replaced with it (replace_with),
+    which an added VM (a create) does not do."""
+    program = cached_run(stack)
+    instances = {vm.urn for vm in node_vms(program)}
+    proof = [r for r in program.of_type(COMMAND) if "kata-mesh:proof:Proof$" in r.urn]
+    assert {r.name for r in proof} >= {"proof-mesh-facts", "proof-verdict"}
+    for step in proof:
+        assert set(step.replace_with) == instances, step.name
 
 
 def test_a_preview_declares_the_ha_steps_before_the_endpoint_is_known():
