@@ -207,6 +207,7 @@ def node_image_step(spec: ProvisioningSpec, digest: str) -> NodeStep:
             ("sysctls", " ".join(SYSCTLS)),
             ("rollout", rollout_of(node_steps(spec))),
             ("marker", ROLLOUT_MARKER),
+            ("cri-socket", node_config.CONTAINERD_SOCKET),
         ),
         # Once per VM: a live node keeps the image it booted from, and a later change of versions
         # reaches it by the rollout (components/rollout.py), as on a stock node.
@@ -372,7 +373,12 @@ class NodeImageBuild(pulumi.ComponentResource):
             },
             labels={"app": "kata-mesh", "role": "image-builder", INPUTS_LABEL: digest[:NAME_HASH_DIGITS]},
             tags=[BUILDER_TAG],
-            opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True),
+            opts=pulumi.ResourceOptions(
+                parent=self,
+                delete_before_replace=True,
+                # Ubuntu's newer image in the family must not rebuild an image that exists.
+                ignore_changes=["bootDisk.initializeParams.image"],
+            ),
         )
         ssh = SshTarget(
             host=self.builder.network_interfaces.apply(
@@ -413,11 +419,14 @@ class NodeImageBuild(pulumi.ComponentResource):
             family=IMAGE_FAMILY,
             source_snapshot=self.snapshot.self_link,
             labels=image_labels(args.inputs),
-            description=base.name.apply(
-                lambda base_name: (
+            # The base image the builder really booted (its disk keeps it), not the family's newest.
+            description=self.builder.boot_disk.apply(
+                lambda disk: (
                     f"kata-mesh node image: Kubernetes {args.inputs.kubernetes_version}, Kata "
                     f"{args.inputs.kata.version}, containerd {versions.CONTAINERD.version}, runc "
-                    f"{versions.RUNC.version}; built from {BASE_IMAGE_PROJECT}/{base_name}; inputs {digest}"
+                    f"{versions.RUNC.version}; built from "
+                    f"{(disk.initialize_params.image if disk.initialize_params else None) or 'unknown'}; "
+                    f"inputs {digest}"
                 )
             ),
             guest_os_features=[gcp.compute.ImageGuestOsFeatureArgs(type=f) for f in GUEST_OS_FEATURES],

@@ -194,7 +194,8 @@ class Proof(pulumi.ComponentResource):
                 evidence_step,
                 ssh_connection(vm.ssh),
                 pulumi.ResourceOptions.merge(pulumi.ResourceOptions(parent=self, depends_on=[facts]), again),
-                extra_triggers=triggers,
+                # Its own VM too: one made again outside a replacement (gone, refreshed, created).
+                extra_triggers=[*triggers, vm.instance_id],
             )
             for vm in args.nodes
         ]
@@ -228,7 +229,8 @@ class Proof(pulumi.ComponentResource):
             pulumi.ResourceOptions.merge(
                 pulumi.ResourceOptions(parent=self, depends_on=[*evidence, *ha_steps]), again
             ),
-            extra_triggers=triggers,
+            # Judges every node's evidence: again whenever a VM is new.
+            extra_triggers=[*triggers, *(vm.instance_id for vm in args.nodes)],
             args=gate_args,
         )
         self.register_outputs({"report": self.report})

@@ -38,7 +38,7 @@ from components.node_image import (
     image_name,
     inputs_hash,
 )
-from offline.plan import Graph
+from offline.plan import Graph, script_of
 
 COMMAND = "command:remote:Command"
 KATA = versions.KATA_RELEASES["3.32.0"]
@@ -49,6 +49,11 @@ def ancestors_by_name(program, name: str) -> set[str]:
     graph = Graph(program)
     urn = next(r.urn for r in program.registrations if r.name == name and r.custom)
     return {graph.by_urn[u].name for u in graph.ancestors(urn)}
+
+
+def command_args_script(step) -> str:
+    """Which node script a command sends (its stdin is lib.sh, then the script)."""
+    return script_of(step.inputs["stdin"])
 
 
 def program_run(stack: str, node_images: list[str] | None, **overrides: str):
@@ -255,6 +260,18 @@ def test_a_failed_build_leaves_no_builder_running_and_no_image():
     assert firewall.inputs["targetTags"] == builder.inputs["tags"]
 
 
+def test_a_newer_ubuntu_in_the_base_family_rebuilds_nothing():
+    """The family's newest image moves every few weeks: the builder keeps the one it booted, and
+    the image's description names that one, not the family's newest."""
+    program = cached_images_run()
+    [builder] = program.of_type("gcp:compute/instance:Instance")
+    assert "bootDisk.initializeParams.image" in builder.ignore_changes
+    [image] = program.of_type("gcp:compute/image:Image")
+    booted = builder.inputs["bootDisk"]["initializeParams"]["image"]
+    assert f"built from {booted};" in image.inputs["description"]
+    assert builder.urn in image.property_dependencies["description"]
+
+
 def test_the_builders_steps_run_once_per_builder():
     program = cached_images_run()
     [builder] = program.of_type("gcp:compute/instance:Instance")
@@ -324,6 +341,16 @@ def test_a_baked_nodes_steps_download_nothing(stack):
             args = command_args(create)
             # The image is checked for everything the later steps install if missing.
             assert set(args["--packages"].split()) >= packages_needed
+        # What the scripts themselves run (lib.sh apart, whose helpers they may call): no fetch.
+        script = node_provisioning.script_source(f"{command_args_script(step)}")
+        assert not [
+            line
+            for line in script.splitlines()
+            if not line.lstrip().startswith("#")
+            and any(
+                word in line for word in ("curl ", "km_fetch_verified", "km_kubernetes_apt_source", "apt-get")
+            )
+        ], step.name
         if step.name.endswith("-metadata-block"):
             node = step.name.removesuffix("-provision-metadata-block")
             assert f"{node}-provision-node-image" in ancestors_by_name(program, step.name)

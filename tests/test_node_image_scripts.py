@@ -60,7 +60,17 @@ def fake(name: str, answer: str = "") -> str:
     return f"#!/bin/bash\nprintf '%s\\n' \"{name}${{*:+ $*}}\" >>/km-test/calls.log\n{answer}"
 
 
-KUBEADM = 'if [[ $* == "version -o short" ]]; then echo "v{version}"; exit 0; fi\nexit 1\n'
+KUBEADM = (
+    'if [[ $* == "version -o short" ]]; then echo "v{version}"; exit 0; fi\n'
+    'if [[ $* == "config images list --kubernetes-version v{version}" ]]; then\n'
+    "  cat /km-test/state/kubeadm-images; exit 0; fi\nexit 1\n"
+)
+# The image's crictl: every image is in containerd but those in state/images-missing.
+CRICTL = (
+    'if [[ $* == "--runtime-endpoint unix:///run/containerd/containerd.sock --image-endpoint '
+    'unix:///run/containerd/containerd.sock inspecti "* ]]; then\n'
+    '  grep -qxF -- "${*: -1}" /km-test/state/images-missing 2>/dev/null && exit 1; exit 0; fi\nexit 1\n'
+)
 KUBELET = 'if [[ $* == "--version" ]]; then echo "Kubernetes v{version}"; exit 0; fi\nexit 1\n'
 # ctr --address SOCKET version: answers while containerd runs (no containerd-down in the state).
 CTR = '[[ -f /km-test/state/containerd-down ]] && { echo "ctr: connection refused" >&2; exit 1; }\necho "Server: v2.3.4"\n'
@@ -72,8 +82,9 @@ def test_the_step_asks_for_what_a_node_needs():
     assert STEP.script == "12-node-image.sh"
     assert set(ARGS) == {
         "manifest", "inputs-hash", "packages", "files", "kubernetes-version", "prefix", "kata-sha256",
-        "bin-dir", "links", "modules", "sysctls", "rollout", "marker",
+        "bin-dir", "links", "modules", "sysctls", "rollout", "marker", "cri-socket",
     }  # fmt: skip
+    assert ARGS["cri-socket"] == SOCKET
     assert ARGS["manifest"] == IMAGE_MANIFEST and ARGS["inputs-hash"] == DIGEST
     assert ARGS["links"].split() == list(SEED_LINKS)
     assert ARGS["modules"].split() == list(SEED_MODULES)
@@ -120,6 +131,8 @@ def lay_out_image(node: Sandbox, version: str = KUBERNETES_VERSION) -> None:
     node.seed("/usr/bin/kubeadm", fake("kubeadm", KUBEADM.format(version=version)), 0o755)
     node.seed("/usr/bin/kubelet", fake("kubelet", KUBELET.format(version=version)), 0o755)
     node.seed("/usr/local/bin/ctr", fake("ctr", CTR), 0o755)
+    node.seed("/usr/bin/crictl", fake("crictl", CRICTL), 0o755)
+    node.set_state("kubeadm-images", "".join(f"{image}\n" for image in IMAGES))
     node.seed(f"{PREFIX}/.kata-mesh-release", f"{KATA.sha256}\n")
     for name in SEED_LINKS:
         node.seed(f"{PREFIX}/bin/{name}", fake(name), 0o755)
@@ -200,6 +213,10 @@ def test_a_complete_image_passes_enables_kubelet_without_starting_it_and_writes_
     ]
     assert order == sorted(order), calls
     assert f"the node image fits this stack (inputs {DIGEST})" in result.stderr
+    # Every image kubeadm runs was asked for in containerd, after it came up.
+    asked = [c.split()[-1] for c in calls if c.startswith("crictl ") and " inspecti " in c]
+    assert asked == IMAGES
+    assert first_index(calls, "ctr --address") < first_index(calls, "crictl ")
     assert "kata-runtime check passed" in result.stderr
 
 
@@ -380,6 +397,22 @@ def test_an_image_that_does_not_fit_is_refused_naming_the_problem_and_the_fix(no
     result = node.run(STEP)
     assert_refused_untouched(node, before, result)
     assert problems(result) == [problem]
+
+
+def test_an_image_without_the_kubernetes_images_is_refused_before_the_markers(node):
+    """Without them, kubeadm init or join would download them at boot."""
+    node.set_state("images-missing", f"{IMAGES[0]}\n{IMAGES[5]}\n")
+    before = contents(node)
+    result = node.run(STEP)
+    assert result.returncode != 0
+    assert (
+        f"containerd lacks the Kubernetes v{KUBERNETES_VERSION} images {IMAGES[0]} {IMAGES[5]}"
+        in result.stderr
+    )
+    assert FIX in result.stderr
+    assert written(before, node) == {}
+    assert "systemctl enable --quiet kubelet" not in result.calls
+    assert_downloads_nothing(result)
 
 
 def test_every_problem_is_listed_at_once(node):

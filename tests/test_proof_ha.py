@@ -815,6 +815,12 @@ def test_a_replaced_vm_replaces_every_step_of_the_proof(stack):
     assert {r.name for r in proof} >= {"proof-mesh-facts", "proof-verdict"}
     for step in proof:
         assert set(step.replace_with) == instances, step.name
+    # A VM made again outside a replacement (gone, refreshed, created) is caught by its id: its
+    # evidence runs again, and the verdict, which judges every node's.
+    ids = {vm.inputs["name"]: program.states[vm.urn]["instanceId"] for vm in node_vms(program)}
+    for node, instance_id in ids.items():
+        assert instance_id in program.one(COMMAND, f"{node}-kata-evidence").inputs["triggers"]
+    assert set(ids.values()) <= set(program.one(COMMAND, "proof-verdict").inputs["triggers"])
 
 
 def test_a_preview_declares_the_ha_steps_before_the_endpoint_is_known():

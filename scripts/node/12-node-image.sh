@@ -25,9 +25,10 @@ arg_modules=""
 arg_sysctls=""
 arg_rollout=""
 arg_marker=""
+arg_cri_socket=""
 km_parse_args "$@"
 km_require_args manifest inputs_hash packages files kubernetes_version prefix kata_sha256 bin_dir links \
-  modules sysctls rollout marker
+  modules sysctls rollout marker cri_socket
 
 # a. The arguments. They come from the program, but a wrong one must not pass as a check that held.
 [[ $arg_inputs_hash =~ ^[0-9a-f]{64}$ ]] ||
@@ -37,6 +38,7 @@ km_require_rollout "$arg_rollout"
   km_die "--kata-sha256 must be a sha256 (64 lowercase hex digits), not: $arg_kata_sha256"
 [[ $arg_kubernetes_version =~ ^[0-9]+\.[0-9]+\.[0-9]+$ ]] ||
   km_die "--kubernetes-version must be MAJOR.MINOR.PATCH, not: $arg_kubernetes_version"
+[[ $arg_cri_socket == unix:///?* ]] || km_die "--cri-socket must be unix:///PATH, not: $arg_cri_socket"
 read -r -a packages <<<"$arg_packages"
 read -r -a files <<<"$arg_files"
 read -r -a links <<<"$arg_links"
@@ -126,6 +128,15 @@ done
 /usr/local/bin/ctr --address /run/containerd/containerd.sock version >/dev/null ||
   km_die "containerd did not come up: $(systemctl status containerd --no-pager 2>&1 | tail -n 20)"
 km_log "containerd ready"
+
+# The images kubeadm runs were pulled at build (42-pull-images.sh): without them init or join
+# would download them.
+km_kubernetes_images "v$version"
+km_missing_images "$arg_cri_socket"
+((${#km_missing[@]} == 0)) ||
+  km_die "this VM's node image does not fit this stack: containerd lacks the Kubernetes v$version images ${km_missing[*]}
+Rebuild the node image (pulumi up in images/, README \"Node images\"), or set kata-mesh:nodeImage to stock"
+km_log "the ${#km_images[@]} images of Kubernetes v$version are in containerd"
 
 # e. Kata: the release is the image's, but whether it can start VMs depends on this VM.
 km_kata_check "$prefix"

@@ -21,35 +21,15 @@ version=v$arg_kubernetes_version
 socket=$arg_cri_socket
 
 # kubeadm's warnings go to stderr (left to ours); stdout is one image a line.
-listed=$(kubeadm config images list --kubernetes-version "$version") ||
-  km_die "kubeadm config images list --kubernetes-version $version failed"
-images=()
-while IFS= read -r line; do
-  if [[ $line =~ ^[^[:space:]]+/[^[:space:]]+:[^[:space:]]+$ ]]; then
-    images+=("$line")
-  elif [[ -n $line ]]; then
-    km_die "kubeadm config images list printed a line that is no image: $line"
-  fi
-done <<<"$listed"
-((${#images[@]} > 0)) || km_die "kubeadm config images list --kubernetes-version $version lists no image"
+km_kubernetes_images "$version"
 
-# missing_images: sets missing to the images the CRI does not have.
-missing_images() {
-  local image
-  missing=()
-  for image in "${images[@]}"; do
-    crictl --runtime-endpoint "$socket" --image-endpoint "$socket" inspecti "$image" >/dev/null 2>&1 ||
-      missing+=("$image")
-  done
-}
-
-missing_images
-if ((${#missing[@]} == 0)); then
-  km_log "the ${#images[@]} images of Kubernetes $version are in containerd already; nothing to pull"
+km_missing_images "$socket"
+if ((${#km_missing[@]} == 0)); then
+  km_log "the ${#km_images[@]} images of Kubernetes $version are in containerd already; nothing to pull"
   exit 0
 fi
 
-km_log "pulling ${missing[*]}"
+km_log "pulling ${km_missing[*]}"
 pulled=false
 for attempt in 1 2 3; do
   if kubeadm config images pull --kubernetes-version "$version" --cri-socket "$socket" >&2; then
@@ -61,7 +41,7 @@ for attempt in 1 2 3; do
 done
 $pulled || km_die "could not pull the images of Kubernetes $version through $socket (registry reachable?)"
 
-missing_images
-((${#missing[@]} == 0)) ||
-  km_die "containerd ($socket) lacks these images after kubeadm pulled them: ${missing[*]}"
-km_log "the ${#images[@]} images of Kubernetes $version are in containerd"
+km_missing_images "$socket"
+((${#km_missing[@]} == 0)) ||
+  km_die "containerd ($socket) lacks these images after kubeadm pulled them: ${km_missing[*]}"
+km_log "the ${#km_images[@]} images of Kubernetes $version are in containerd"

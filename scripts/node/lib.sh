@@ -617,3 +617,31 @@ km_service_account_kubeconfig() {
     }' <<<"$token" >"$file"
   ) || km_die "could not write $file"
 }
+
+# km_kubernetes_images VERSION: the images kubeadm runs for vVERSION, one per line into the array
+# km_images (kubeadm lists them offline when given the version).
+km_kubernetes_images() {
+  local version=$1 listed line
+  listed=$(kubeadm config images list --kubernetes-version "$version") ||
+    km_die "kubeadm config images list --kubernetes-version $version failed"
+  km_images=()
+  while IFS= read -r line; do
+    if [[ $line =~ ^[^[:space:]]+/[^[:space:]]+:[^[:space:]]+$ ]]; then
+      km_images+=("$line")
+    elif [[ -n $line ]]; then
+      km_die "kubeadm config images list printed a line that is no image: $line"
+    fi
+  done <<<"$listed"
+  ((${#km_images[@]} > 0)) || km_die "kubeadm config images list --kubernetes-version $version lists no image"
+}
+
+# km_missing_images SOCKET: which of km_images containerd (at SOCKET, unix:///...) does not hold,
+# into the array km_missing.
+km_missing_images() {
+  local socket=$1 image
+  km_missing=()
+  for image in "${km_images[@]}"; do
+    crictl --runtime-endpoint "$socket" --image-endpoint "$socket" inspecti "$image" >/dev/null 2>&1 ||
+      km_missing+=("$image")
+  done
+}
