@@ -121,13 +121,7 @@ if ! systemctl is-active --quiet containerd; then
   systemctl enable --quiet containerd
   systemctl start containerd
 fi
-for _ in $(seq 1 30); do
-  /usr/local/bin/ctr --address /run/containerd/containerd.sock version >/dev/null 2>&1 && break
-  sleep 1
-done
-/usr/local/bin/ctr --address /run/containerd/containerd.sock version >/dev/null ||
-  km_die "containerd did not come up: $(systemctl status containerd --no-pager 2>&1 | tail -n 20)"
-km_log "containerd ready"
+km_wait_containerd
 
 # The images kubeadm runs were pulled at build (42-pull-images.sh): without them init or join
 # would download them.
@@ -141,12 +135,6 @@ km_log "the ${#km_images[@]} images of Kubernetes v$version are in containerd"
 # e. Kata: the release is the image's, but whether it can start VMs depends on this VM.
 km_kata_check "$prefix"
 
-# f. kubelet: enabled only, as on a stock node; kubeadm init or join starts it with its config.
-systemctl enable --quiet kubelet
-# The kubelet starts on these packages and the node joins at this version: no restart and no
-# `kubeadm upgrade node` owed to it (as 40-kubernetes.sh records; 88-rollout-kubernetes.sh reads both).
-for done in kubelet-restarted kubeadm-upgrade-node; do
-  km_is_installed "$done" "$version" || km_mark_installed "$done" "$version"
-done
-km_put_file "$arg_marker" 0644 "$arg_rollout"
+# f. kubelet enabled only, as on a stock node, and the node recorded at its version and rollout.
+km_node_at "$version" "$arg_marker" "$arg_rollout"
 km_log "node image ready: Kubernetes $version, Kata $arg_kata_sha256, rollout $arg_rollout"

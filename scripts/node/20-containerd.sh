@@ -70,10 +70,4 @@ if $restart; then
 else
   systemctl start containerd
 fi
-for _ in $(seq 1 30); do
-  /usr/local/bin/ctr --address /run/containerd/containerd.sock version >/dev/null 2>&1 && break
-  sleep 1
-done
-/usr/local/bin/ctr --address /run/containerd/containerd.sock version >/dev/null ||
-  km_die "containerd did not come up: $(systemctl status containerd --no-pager 2>&1 | tail -n 20)"
-km_log "containerd ready"
+km_wait_containerd

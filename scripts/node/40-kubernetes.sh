@@ -25,11 +25,5 @@ km_install_kubernetes_packages "$arg_kubernetes_version" "$arg_cni_tarball" "$ar
 km_put_file /etc/crictl.yaml 0644 "runtime-endpoint: $arg_cri_socket
 image-endpoint: $arg_cri_socket
 timeout: 30"
-systemctl enable --quiet kubelet
-# The kubelet starts on these packages (kubeadm starts it), and the node joins at this version: no
-# restart and no `kubeadm upgrade node` owed to it (88-rollout-kubernetes.sh reads both).
-for done in kubelet-restarted kubeadm-upgrade-node; do
-  km_is_installed "$done" "$arg_kubernetes_version" || km_mark_installed "$done" "$arg_kubernetes_version"
-done
-km_put_file "$arg_marker" 0644 "$arg_rollout"
+km_node_at "$arg_kubernetes_version" "$arg_marker" "$arg_rollout"
 km_log "kubelet, kubeadm and kubectl $arg_kubernetes_version installed and held"

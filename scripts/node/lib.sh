@@ -645,3 +645,28 @@ km_missing_images() {
       km_missing+=("$image")
   done
 }
+
+# km_wait_containerd: until containerd answers on its socket (30 s at most), or dies saying why.
+km_wait_containerd() {
+  local _
+  for _ in $(seq 1 30); do
+    /usr/local/bin/ctr --address /run/containerd/containerd.sock version >/dev/null 2>&1 && break
+    sleep 1
+  done
+  /usr/local/bin/ctr --address /run/containerd/containerd.sock version >/dev/null ||
+    km_die "containerd did not come up: $(systemctl status containerd --no-pager 2>&1 | tail -n 20)"
+  km_log "containerd ready"
+}
+
+# km_node_at VERSION MARKER ROLLOUT: a new VM's last word: kubelet enabled (kubeadm init or join
+# starts it), and the node recorded at this Kubernetes version and rollout. Its kubelet starts on
+# these packages and it joins at this version: no restart and no `kubeadm upgrade node` owed to it
+# (88-rollout-kubernetes.sh reads both); MARKER says the rollout it is at (83-rollout-check.sh).
+km_node_at() {
+  local version=$1 marker=$2 rollout=$3 owed
+  systemctl enable --quiet kubelet
+  for owed in kubelet-restarted kubeadm-upgrade-node; do
+    km_is_installed "$owed" "$version" || km_mark_installed "$owed" "$version"
+  done
+  km_put_file "$marker" 0644 "$rollout"
+}
