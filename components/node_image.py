@@ -39,6 +39,7 @@ from components.node_provisioning import (
     node_steps,
     rollout_of,
 )
+from components.nodes import ssh_metadata
 
 IMAGE_FAMILY = "kata-mesh-node"
 # The image's name is the family and this many hex digits of the inputs hash (128 bits), within
@@ -365,12 +366,7 @@ class NodeImageBuild(pulumi.ComponentResource):
             shielded_instance_config=gcp.compute.InstanceShieldedInstanceConfigArgs(
                 enable_secure_boot=True, enable_vtpm=True, enable_integrity_monitoring=True
             ),
-            metadata={
-                "ssh-keys": args.ssh_keys_metadata,
-                "block-project-ssh-keys": "true",
-                "enable-oslogin": "false",
-                "user-data": host_key.user_data,
-            },
+            metadata=ssh_metadata(args.ssh_keys_metadata, host_key),
             labels={"app": "kata-mesh", "role": "image-builder", INPUTS_LABEL: digest[:NAME_HASH_DIGITS]},
             tags=[BUILDER_TAG],
             opts=pulumi.ResourceOptions(

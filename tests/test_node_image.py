@@ -51,11 +51,6 @@ def ancestors_by_name(program, name: str) -> set[str]:
     return {graph.by_urn[u].name for u in graph.ancestors(urn)}
 
 
-def command_args_script(step) -> str:
-    """Which node script a command sends (its stdin is lib.sh, then the script)."""
-    return script_of(step.inputs["stdin"])
-
-
 def program_run(stack: str, node_images: list[str] | None, **overrides: str):
     """The stack's `pulumi up` in a project where exactly `node_images` exist."""
     return run_engine(
@@ -342,7 +337,7 @@ def test_a_baked_nodes_steps_download_nothing(stack):
             # The image is checked for everything the later steps install if missing.
             assert set(args["--packages"].split()) >= packages_needed
         # What the scripts themselves run (lib.sh apart, whose helpers they may call): no fetch.
-        script = node_provisioning.script_source(f"{command_args_script(step)}")
+        script = node_provisioning.script_source(script_of(step.inputs["stdin"]))
         assert not [
             line
             for line in script.splitlines()

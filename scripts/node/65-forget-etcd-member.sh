@@ -17,8 +17,7 @@ arg_node_name=""
 arg_timeout_seconds=""
 km_parse_args "$@"
 km_require_args node_name timeout_seconds
-[[ $arg_timeout_seconds =~ ^[1-9][0-9]*$ ]] ||
-  km_die "--timeout-seconds must be a whole number of seconds, not: $arg_timeout_seconds"
+km_require_timeout_seconds "$arg_timeout_seconds"
 [[ -f $km_admin_kubeconfig ]] || km_die "no $km_admin_kubeconfig on this node (is it cp-0?); nothing was changed"
 
 km_forget_member "$arg_node_name" "$arg_timeout_seconds"

@@ -19,21 +19,17 @@ arg_timeout_seconds=""
 km_parse_args "$@"
 km_require_args node_name kubernetes_version rollout timeout_seconds
 km_require_rollout "$arg_rollout"
-[[ $arg_timeout_seconds =~ ^[1-9][0-9]*$ ]] ||
-  km_die "--timeout-seconds must be a whole number of seconds, not: $arg_timeout_seconds"
+km_require_timeout_seconds "$arg_timeout_seconds"
 export KUBECONFIG=$km_admin_kubeconfig
 
 live=$(km_cluster_kubernetes_version)
 km_check_kubernetes_upgrade "$live" "$arg_kubernetes_version"
 
-case $arg_needed in
-  current)
-    km_log "$arg_node_name is at rollout ${arg_rollout:0:12} already: not drained"
-    exit 0
-    ;;
-  needed) ;;
-  *) km_die "--needed must be needed or current (83-rollout-check.sh's answer), not: '$arg_needed'" ;;
-esac
+km_require_needed "$arg_needed"
+if [[ $arg_needed == current ]]; then
+  km_log "$arg_node_name is at rollout ${arg_rollout:0:12} already: not drained"
+  exit 0
+fi
 # Marked first: 89-rollout-release.sh uncordons a node the rollout cordoned even when a later check
 # says it is current (a release that timed out), and only such a node.
 kubectl annotate node "$arg_node_name" --overwrite "kata-mesh.io/rollout-cordoned=${arg_rollout:0:12}" >&2 ||

@@ -19,8 +19,7 @@ arg_policy_file=""
 arg_timeout_seconds=""
 km_parse_args "$@"
 km_require_args node_name policy_file timeout_seconds
-[[ $arg_timeout_seconds =~ ^[1-9][0-9]*$ ]] ||
-  km_die "--timeout-seconds must be a whole number of seconds, not: $arg_timeout_seconds"
+km_require_timeout_seconds "$arg_timeout_seconds"
 export KUBECONFIG=/etc/kubernetes/admin.conf
 name=$arg_node_name
 timeout=$arg_timeout_seconds

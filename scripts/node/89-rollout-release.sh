@@ -18,12 +18,8 @@ arg_timeout_seconds=""
 km_parse_args "$@"
 km_require_args node_name kubernetes_version rollout timeout_seconds
 km_require_rollout "$arg_rollout"
-[[ $arg_timeout_seconds =~ ^[1-9][0-9]*$ ]] ||
-  km_die "--timeout-seconds must be a whole number of seconds, not: $arg_timeout_seconds"
-case $arg_needed in
-  current | needed) ;;
-  *) km_die "--needed must be needed or current (83-rollout-check.sh's answer), not: '$arg_needed'" ;;
-esac
+km_require_timeout_seconds "$arg_timeout_seconds"
+km_require_needed "$arg_needed"
 export KUBECONFIG=$km_admin_kubeconfig
 if [[ $arg_needed == current ]]; then
   # Current, but cordoned by a rollout whose release did not finish: released now, or failed again.

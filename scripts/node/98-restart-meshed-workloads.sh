@@ -17,8 +17,7 @@ arg_istio_version=""
 arg_timeout_seconds=""
 km_parse_args "$@"
 km_require_args namespaces istio_version timeout_seconds
-[[ $arg_timeout_seconds =~ ^[1-9][0-9]*$ ]] ||
-  km_die "--timeout-seconds must be a whole number of seconds, not: $arg_timeout_seconds"
+km_require_timeout_seconds "$arg_timeout_seconds"
 read -r -a namespaces <<<"$arg_namespaces"
 for ns in "${namespaces[@]}"; do
   # A DNS label, as Kubernetes names namespaces.

@@ -236,6 +236,19 @@ km_cluster_kubernetes_version() {
 }
 
 # km_require_rollout ROLLOUT: dies unless ROLLOUT is a rollout's sha256 (components/rollout.py).
+# km_require_timeout_seconds VALUE: --timeout-seconds is a whole number of seconds, at least 1.
+km_require_timeout_seconds() {
+  [[ $1 =~ ^[1-9][0-9]*$ ]] || km_die "--timeout-seconds must be a whole number of seconds, not: $1"
+}
+
+# km_require_needed VALUE: --needed is 83-rollout-check.sh's answer.
+km_require_needed() {
+  case $1 in
+    current | needed) ;;
+    *) km_die "--needed must be needed or current (83-rollout-check.sh's answer), not: '$1'" ;;
+  esac
+}
+
 km_require_rollout() {
   [[ $1 =~ ^[0-9a-f]{64}$ ]] || km_die "--rollout must be a sha256 (64 lowercase hex digits), not: $1"
 }
