@@ -23,6 +23,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -94,12 +95,38 @@ def make_pki(folder: Path) -> Pki:
     return Pki(ca_cert, member_cert, member_key, client_cert, client_key)
 
 
-def free_ports(count: int) -> list[int]:
-    """Ports nothing listens on (held open together while chosen, so they are distinct)."""
-    sockets = [socket.socket() for _ in range(count)]
+# Below the kernel's ephemeral range: a port the kernel hands out itself (bind to port 0) can be
+# taken as the source port of any outgoing connection, etcd's own peers' included, between the
+# test choosing it and etcd listening on it ("bind: address already in use").
+LISTEN_PORTS_FROM = 10000
+
+
+def ephemeral_ports_start() -> int:
     try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports nothing listens on, outside the ephemeral range (held open together while chosen, so
+    they are distinct)."""
+    candidates = list(range(LISTEN_PORTS_FROM, ephemeral_ports_start()))
+    random.shuffle(candidates)
+    sockets: list[socket.socket] = []
+    try:
+        for port in candidates:
+            if len(sockets) == count:
+                break
+            s = socket.socket()
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                s.close()
+                continue
+            sockets.append(s)
+        if len(sockets) < count:
+            raise RuntimeError(f"fewer than {count} free ports from {LISTEN_PORTS_FROM} on 127.0.0.1")
         return [s.getsockname()[1] for s in sockets]
     finally:
         for s in sockets:
